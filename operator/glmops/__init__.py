@@ -1,0 +1,1 @@
+"""glmops: a Kubernetes operator that fine-tunes, exports and serves GLM-4.7."""

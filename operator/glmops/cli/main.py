@@ -1,0 +1,54 @@
+"""`glmops`: the operator's command line.
+
+    glmops crds [--dir crds] [--check]    write (or check) the CRDs generated from the API models
+    glmops run [kopf options]             run the operator (needs the `operator` extra)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from glmops.crdgen import SchemaError, stale_crds, write_crds
+
+    directory = Path(args.dir)
+    try:
+        if args.check:
+            stale = stale_crds(directory)
+            if stale:
+                print("CRDs differ from the API models: " + ", ".join(stale), file=sys.stderr)
+                print("Run `glmops crds` and commit the result.", file=sys.stderr)
+                return 1
+            print(f"{directory}: up to date")
+            return 0
+        for path in write_crds(directory):
+            print(f"wrote {path}")
+    except SchemaError as exc:
+        print(f"cannot express the API models as a CRD: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `glmops`."""
+    parser = argparse.ArgumentParser(prog="glmops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    crds = commands.add_parser("crds", help="generate the CRDs from the API models")
+    crds.add_argument("--dir", default="crds", help="output directory (default: crds)")
+    crds.add_argument("--check", action="store_true", help="only check that the files are up to date")
+    crds.set_defaults(func=_cmd_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `glmops` command."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Layers point one way: handlers -> plan -> api; api and plan stay pure.
+
+An AST check on every module: `glmops.api` imports neither kopf nor a Kubernetes client nor
+anything of glmops outside itself; `glmops.plan` imports no client, no kopf and no handlers;
+no part of the operator imports the trainer (it would pull torch into the operator image).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "operator" / "glmops"
+
+RULES: dict[str, tuple[str, ...]] = {
+    # layer: imports it must not make (prefix match)
+    "api": ("kopf", "kubernetes", "glmops.plan", "glmops.handlers", "glmops.kube", "glmops_trainer", "torch"),
+    "plan": ("kopf", "kubernetes", "glmops.handlers", "glmops.kube", "glmops_trainer", "torch", "requests", "subprocess"),
+    "crdgen": ("kopf", "kubernetes", "glmops.handlers", "glmops.kube", "glmops_trainer", "torch"),
+    "": ("glmops_trainer", "torch", "transformers", "peft"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_layers_point_one_way() -> None:
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = path.relative_to(PACKAGE).parts[0] if len(path.relative_to(PACKAGE).parts) > 1 else ""
+        for rule_layer, forbidden in RULES.items():
+            if rule_layer and rule_layer != layer:
+                continue
+            for name in _imports(path):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    violations.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert violations == []
+
+
+def test_operator_is_not_importable_as_a_package() -> None:
+    import operator
+
+    assert not hasattr(operator, "__path__"), "the folder operator/ must never shadow the stdlib module"
+    assert not (PACKAGE.parent / "__init__.py").exists()
