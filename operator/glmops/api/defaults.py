@@ -44,7 +44,7 @@ VARIANT_DEFAULTS: dict[Variant, VariantDefaults] = {
         gradient_accumulation_steps=8,
         checkpoint_every=200,
         gpus_per_node=1,
-        min_gpu_memory_gib=48,
+        min_gpu_memory_gib=44,  # "48 GB" cards (L40S, A6000) report about 45 GiB
     ),
     # GLM-4.7 (~355B MoE): 8 large GPUs on one node; LoRA on the 160 routed experts per layer would
     # dominate optimizer memory and cannot be served as a vLLM adapter, so it is opt-in.
@@ -60,7 +60,7 @@ VARIANT_DEFAULTS: dict[Variant, VariantDefaults] = {
         gradient_accumulation_steps=4,
         checkpoint_every=200,
         gpus_per_node=8,
-        min_gpu_memory_gib=80,
+        min_gpu_memory_gib=75,  # "80 GB" cards (H100, A100-80G) report about 79.6 GiB
     ),
 }
 

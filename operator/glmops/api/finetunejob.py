@@ -172,7 +172,7 @@ class Resources(Placement):
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
     """Pods (nodes) in the run; more than 1 runs torchrun over an Indexed Job and a headless Service."""
     gpu_memory_gi_b: Annotated[int, Field(ge=8, le=1024)] | None = None
-    """Minimum memory per GPU in GiB, matched against the node label `nvidia.com/gpu.memory`. Default: the memory plan's need plus headroom (flash >= 48, flagship >= 80)."""
+    """Minimum memory per GPU in GiB, matched against the node label `nvidia.com/gpu.memory`. Default: the memory plan's per-GPU need plus 10% headroom, at least 44 (48 GB class) for flash and 75 (80 GB class) for flagship."""
 
 
 class OutputSpec(WireModel):
@@ -194,9 +194,7 @@ class FailurePolicy(WireModel):
     """What happens when the trainer pod fails."""
 
     max_retries: Annotated[int, Field(ge=0, le=20)] = 3
-    """Times a failed trainer pod is restarted (from its last checkpoint) before the job fails."""
-    backoff_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
-    """Delay before the first retry; doubles with every further retry."""
+    """Times a failed trainer pod is replaced (resuming from its last checkpoint) before the job fails; the Job controller backs off exponentially between tries."""
 
 
 _IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable once the FineTuneJob exists; create a new FineTuneJob instead"}]
