@@ -79,7 +79,7 @@ class Condition(StatusModel):
     """True, False or Unknown."""
     reason: Annotated[str, Field(max_length=1024)]
     """One CamelCase word that a program can match on, e.g. `GpuMemoryTooSmall`."""
-    message: Annotated[str, Field(max_length=32768)] = ""
+    message: Annotated[str, Field(max_length=32768)] | None = None
     """What happened and, when something is wrong, which field to change and how."""
     last_transition_time: datetime
     """When the status last changed (RFC 3339)."""

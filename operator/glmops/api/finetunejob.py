@@ -55,7 +55,7 @@ class Thinking(StrEnum):
     """What happens to assistant reasoning (`reasoning_content`) in training samples."""
 
     preserve = "preserve"
-    strip = "strip"
+    strip = "strip"  # type: ignore[assignment]  # the wire value; shadows str.strip on purpose
 
 
 class LoraTarget(StrEnum):
@@ -172,7 +172,7 @@ class Resources(Placement):
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
     """Pods (nodes) in the run; more than 1 runs torchrun over an Indexed Job and a headless Service."""
     gpu_memory_gi_b: Annotated[int, Field(ge=8, le=1024)] | None = None
-    """Minimum memory per GPU in GiB, matched against the node label `nvidia.com/gpu.memory`. Default: the memory plan's per-GPU need plus 10% headroom, at least 44 (48 GB class) for flash and 75 (80 GB class) for flagship."""
+    """Minimum memory per GPU in GiB, matched against the node label `nvidia.com/gpu.memory`. Default: the memory plan's per-GPU need plus 5% headroom, at least 44 (48 GB class) for flash and 75 (80 GB class) for flagship."""
 
 
 class OutputSpec(WireModel):
