@@ -39,7 +39,7 @@ class DataFormat(StrEnum):
 
 class Thinking(StrEnum):
     preserve = "preserve"
-    strip = "strip"
+    strip = "strip"  # type: ignore[assignment]  # the wire value; shadows str.strip on purpose
 
 
 class LoraTarget(StrEnum):
