@@ -32,6 +32,21 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import glmops.handlers  # noqa: F401  (registers the handlers)
+
+    namespaces = args.namespace or []
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True,  # one replica; no peering objects to create
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `glmops`."""
     parser = argparse.ArgumentParser(prog="glmops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--dir", default="crds", help="output directory (default: crds)")
     crds.add_argument("--check", action="store_true", help="only check that the files are up to date")
     crds.set_defaults(func=_cmd_crds)
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
+    run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -1,0 +1,91 @@
+"""Condition types and reasons, and the one function that sets a condition.
+
+Conditions follow metav1.Condition: `lastTransitionTime` changes only when `status` changes,
+and each carries the generation it was computed from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from glmops.api.common import Condition, ConditionStatus
+
+
+class ConditionType(StrEnum):
+    succeeded = "Succeeded"  # top-level for FineTuneJob: True done, False failed, Unknown running
+    validated = "Validated"
+    scheduled = "Scheduled"
+    training = "Training"
+    ready = "Ready"  # top-level for ModelDeployment
+
+
+class Reason(StrEnum):
+    # validation
+    spec_valid = "SpecValid"
+    invalid_spec = "InvalidSpec"
+    gpu_memory_too_small = "GpuMemoryTooSmall"
+    not_enough_gpus = "NotEnoughGpus"
+    secret_not_found = "SecretNotFound"
+    pvc_not_found = "PersistentVolumeClaimNotFound"
+    output_in_use = "OutputInUse"
+    multi_node_unsupported = "MultiNodeUnsupported"
+    spec_immutable = "SpecImmutable"
+    # lifecycle
+    pending = "Pending"
+    unschedulable = "Unschedulable"
+    scheduled = "Scheduled"
+    training = "Training"
+    exporting = "Exporting"
+    completed = "Completed"
+    trainer_failed = "TrainerFailed"
+    retries_exhausted = "RetriesExhausted"
+    cancelled = "Cancelled"
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: datetime | None = None,
+) -> list[Condition]:
+    """A new condition list with `type_` set; the transition time moves only on a status change."""
+    now = now or datetime.now(UTC)
+    result: list[Condition] = []
+    replaced = False
+    for existing in conditions:
+        if existing.type != type_:
+            result.append(existing)
+            continue
+        replaced = True
+        changed = existing.status != status
+        result.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed else existing.last_transition_time,
+                observed_generation=observed_generation,
+            )
+        )
+    if not replaced:
+        result.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+                observed_generation=observed_generation,
+            )
+        )
+    return result
+
+
+def find_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    """The condition of this type, if any."""
+    return next((c for c in conditions if c.type == type_), None)

@@ -1,0 +1,265 @@
+"""FineTuneJob handlers: parse, plan, apply the trainer objects, and keep status current.
+
+`reconcile` is the one handler for create, resume and spec updates. The trainer Job and pod
+events and a progress timer feed `status` afterwards. Decisions live in glmops.plan; all API
+calls go through glmops.kube.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client
+from pydantic import ValidationError
+
+from glmops import kube
+from glmops.api.common import GROUP, VERSION, ConditionStatus
+from glmops.api.finetunejob import PLURAL, FineTuneJob, FineTuneJobStatus, Phase, Plan
+from glmops.conditions import ConditionType, Reason, set_condition
+from glmops.plan import names
+from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, JobMeta, plan_finetune
+from glmops.plan.status import TrainerObservation, decide_phase
+from glmops.plan.uris import parse_uri
+from glmops.settings import Settings
+from glmops.trainer_protocol import artifacts_from_manifest, last_progress, parse_result
+
+TERMINAL = {Phase.succeeded, Phase.failed, Phase.cancelled}
+IMMUTABLE_SECTIONS = ("model", "dataset", "training")
+
+
+def _status(body: kopf.Body) -> FineTuneJobStatus:
+    return FineTuneJobStatus.model_validate(dict(body.get("status") or {}))
+
+
+def _with_condition(status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str, gen: int) -> None:
+    status.conditions = set_condition(status.conditions, type_, value, reason, message, gen)
+
+
+def _fail(status: FineTuneJobStatus, reason: str, message: str, gen: int) -> None:
+    status.phase = Phase.failed
+    status.observed_generation = gen
+    status.completion_time = status.completion_time or datetime.now(UTC)
+    _with_condition(status, ConditionType.succeeded, ConditionStatus.false, reason, message, gen)
+
+
+def _gather_facts(api: client.ApiClient, namespace: str, name: str, job: FineTuneJob) -> ClusterFacts:
+    spec = job.spec
+    secrets = frozenset(
+        s for s in [spec.model.credentials_secret] if s and kube.secret_exists(api, namespace, s)
+    )
+    claims = {parse_uri(u).claim for u in (spec.model.source, spec.dataset.source, spec.output.destination)}
+    pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
+    outputs = {
+        other["spec"]["output"]["destination"].rstrip("/"): other["metadata"]["name"]
+        for other in kube.list_custom(api, PLURAL, namespace)
+        if other["metadata"]["name"] != name and other.get("spec", {}).get("output", {}).get("destination")
+    }
+    return ClusterFacts(
+        server_minor=kube.server_minor(api),
+        secrets=secrets,
+        pvcs=pvcs,
+        outputs_in_use=outputs,
+        gpu_nodes=kube.gpu_nodes(api),
+    )
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec")
+def reconcile(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str,
+    patch: kopf.Patch,
+    diff: kopf.Diff,
+    reason: kopf.Reason,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    """Validate and plan the job, create its trainer objects once, and record the outcome in status."""
+    api: client.ApiClient = memo.api
+    settings: Settings = memo.settings
+    generation = int(meta.get("generation") or 1)
+    status = _status(body)
+
+    if status.phase in TERMINAL:
+        return
+    if reason == kopf.Reason.UPDATE and status.trainer_job:
+        changed = sorted({str(d[1][0]) for d in diff if d[1] and d[1][0] in IMMUTABLE_SECTIONS})
+        if changed:
+            message = (
+                f"spec.{', spec.'.join(changed)} changed after training started; the running trainer keeps the "
+                "original settings. Revert the change, or create a new FineTuneJob"
+            )
+            _with_condition(status, ConditionType.validated, ConditionStatus.false, Reason.spec_immutable, message, generation)
+            kopf.warn(body, reason=Reason.spec_immutable, message=message)
+            patch.status.update(status.to_wire())
+            return
+
+    try:
+        job = FineTuneJob.model_validate(dict(body))
+    except ValidationError as exc:
+        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        _fail(status, Reason.invalid_spec, problems, generation)
+        kopf.warn(body, reason=Reason.invalid_spec, message=problems)
+        patch.status.update(status.to_wire())
+        return
+
+    facts = _gather_facts(api, namespace, name, job)
+    plan = plan_finetune(JobMeta(name, namespace, str(meta["uid"]), generation), job.spec, facts, settings)
+    status.plan = Plan(
+        gpu_memory_gi_b_per_gpu=round(plan.memory.per_gpu_gib, 1),
+        nodes=plan.placement.nodes,
+        gpus_per_node=plan.placement.gpus_per_node,
+        min_gpu_memory_gi_b=plan.placement.min_gpu_memory_gib,
+    )
+    if plan.problems:
+        first = plan.problems[0]
+        message = "; ".join(str(p) for p in plan.problems)
+        _with_condition(status, ConditionType.validated, ConditionStatus.false, first.reason, message, generation)
+        _fail(status, first.reason, message, generation)
+        kopf.warn(body, reason=first.reason, message=message)
+        patch.status.update(status.to_wire())
+        return
+
+    _with_condition(status, ConditionType.validated, ConditionStatus.true, Reason.spec_valid, "the spec passed all checks", generation)
+    created = False
+    for obj in plan.objects:
+        kopf.adopt(obj, owner=body)
+        try:
+            created = kube.apply_child(api, obj, str(meta["uid"])) or created
+        except kube.ForeignObjectError as exc:
+            _fail(status, Reason.invalid_spec, str(exc), generation)
+            kopf.warn(body, reason="NameConflict", message=str(exc))
+            patch.status.update(status.to_wire())
+            return
+    status.trainer_job = names.trainer_job_name(name)
+    status.observed_generation = generation
+    if status.phase in (None, Phase.pending, Phase.validating):
+        status.phase = Phase.pending
+        _with_condition(
+            status, ConditionType.succeeded, ConditionStatus.unknown, Reason.pending, "waiting for the trainer pod to start", generation
+        )
+    if created:
+        kopf.info(body, reason="TrainerCreated", message=f"created Job {status.trainer_job}")
+    patch.status.update(status.to_wire())
+
+
+def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tuple[TrainerObservation, Any, Any]:
+    """What the trainer Job and its newest pod show now (plus both objects for further reading)."""
+    try:
+        job = client.BatchV1Api(api).read_namespaced_job(job_name, namespace)
+    except client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return TrainerObservation(), None, None
+        raise
+    conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+    pods = kube.job_pods(api, namespace, job_name)
+    newest = pods[0] if pods else None
+    unschedulable = waiting_reason = waiting_message = ""
+    if newest is not None:
+        for cond in newest.status.conditions or []:
+            if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+                unschedulable = cond.message or "Unschedulable"
+        for cs in newest.status.container_statuses or []:
+            if cs.state and cs.state.waiting:
+                waiting_reason = cs.state.waiting.reason or ""
+                waiting_message = cs.state.waiting.message or ""
+    failed = conditions.get("Failed")
+    obs = TrainerObservation(
+        job_succeeded="Complete" in conditions,
+        job_failed=failed is not None,
+        job_failure_message=(failed.message or failed.reason or "") if failed else "",
+        failed_pods=int(job.status.failed or 0),
+        pod_phase=newest.status.phase if newest is not None else "",
+        unschedulable_message=unschedulable,
+        container_waiting_reason=waiting_reason,
+        container_waiting_message=waiting_message,
+    )
+    return obs, job, newest
+
+
+def _termination_message(pod: Any) -> str | None:
+    for cs in (pod.status.container_statuses or []) if pod is not None else []:
+        if cs.state and cs.state.terminated:
+            return str(cs.state.terminated.message or "")
+    return None
+
+
+def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: logging.Logger) -> None:
+    """Recompute a FineTuneJob's phase, progress and artifacts from its trainer, and patch status."""
+    body = kube.get_custom(api, PLURAL, namespace, ftj_name)
+    if body is None:
+        return
+    job_spec = FineTuneJob.model_validate(body)
+    status = job_spec.status
+    if status.phase in TERMINAL or not status.trainer_job:
+        return
+    obs, _, pod = observe_trainer(api, namespace, status.trainer_job)
+    log_text = ""
+    if pod is not None and pod.status.phase in ("Running", "Succeeded", "Failed"):
+        log_text = kube.pod_log_tail(api, namespace, pod.metadata.name, "trainer")
+    progress = last_progress(log_text)
+    if progress is not None:
+        status.progress = progress
+    result = parse_result(_termination_message(pod)) if obs.job_succeeded else None
+    exporting = '"kind": "export"' in log_text or '"kind":"export"' in log_text
+    decision = decide_phase(
+        TrainerObservation(**{**obs.__dict__, "exporting": exporting}), job_spec.spec.failure_policy.max_retries
+    )
+    generation = int(body["metadata"].get("generation") or 1)
+    previous = status.phase
+    status.phase = decision.phase
+    status.retries = obs.failed_pods
+    if decision.phase is Phase.training and status.start_time is None:
+        status.start_time = datetime.now(UTC)
+    scheduled = ConditionStatus.false if decision.reason == "Unschedulable" else ConditionStatus.true
+    if pod is not None or decision.reason == "Unschedulable":
+        message = decision.message if scheduled is ConditionStatus.false else f"pod {pod.metadata.name} is placed"
+        status.conditions = set_condition(status.conditions, ConditionType.scheduled, scheduled, decision.reason if scheduled is ConditionStatus.false else Reason.scheduled, message, generation)
+    top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false}.get(decision.phase, ConditionStatus.unknown)
+    status.conditions = set_condition(status.conditions, ConditionType.succeeded, top, decision.reason, decision.message, generation)
+    if decision.phase is Phase.succeeded:
+        status.completion_time = datetime.now(UTC)
+        if result and isinstance(result.get("artifacts"), dict):
+            status.artifacts = artifacts_from_manifest(result["artifacts"])
+        if status.progress is not None and status.progress.total_steps:
+            status.progress.step = status.progress.total_steps
+            status.progress.percent = 100
+    elif decision.phase is Phase.failed:
+        status.completion_time = datetime.now(UTC)
+    kube.patch_custom_status(api, PLURAL, namespace, ftj_name, status.to_wire())
+    if previous != decision.phase:
+        event_type = "Warning" if decision.phase is Phase.failed or decision.reason == "Unschedulable" else "Normal"
+        kopf.event(body, type=event_type, reason=decision.reason, message=decision.message)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT})
+def trainer_job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """A trainer Job changed (pod failed, retried, completed): update its FineTuneJob."""
+    sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
+
+
+@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT})
+def trainer_pod_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """A trainer pod was scheduled, started, or could not be placed: update its FineTuneJob."""
+    sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="progress",
+    interval=10.0,
+    initial_delay=5.0,
+    when=lambda status, **_: status.get("phase") in (Phase.pending, Phase.training, Phase.exporting),
+)
+def poll_progress(name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Refresh progress from the trainer's log while it trains (log lines raise no watch event)."""
+    sync_status(memo.api, namespace, name, logger)

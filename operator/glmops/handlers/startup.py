@@ -1,0 +1,54 @@
+"""Operator start-up: kopf settings chosen on purpose, and the shared API client in `memo`."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from glmops.api.common import GROUP
+from glmops.settings import Settings
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 64  # handlers run in parallel threads
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Set persistence, watching, posting and concurrency for one operator replica."""
+    # kopf's own bookkeeping lives under our group, with our finalizer name.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    # Restart watches every 10 minutes (server side) and give up on a silent connection after 11,
+    # so a half-dead connection through a load balancer is noticed.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    settings.watching.connect_timeout = 30
+    # We post our own events at phase transitions; kopf's per-handler info events would double
+    # the writes per object.
+    settings.posting.level = logging.WARNING
+    # Handlers are sync (kubernetes client): give them enough threads to keep up with bursts.
+    settings.execution.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="glmops")
+    settings.batching.worker_limit = 64
+    memo.api = _api_client()
+    memo.settings = Settings.from_env()
+    logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
+
+
+@kopf.on.cleanup()
+def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the API client's connection pool."""
+    api = getattr(memo, "api", None)
+    if api is not None:
+        api.close()

@@ -1,0 +1,499 @@
+"""FineTuneJob -> what to run: semantic checks, the trainer config and the Kubernetes objects.
+
+Everything here is pure: the handler gathers cluster facts (`ClusterFacts`) and applies the
+objects this module returns. A CR field never reaches a shell: commands are argv lists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from glmops.api.defaults import VARIANT_DEFAULTS, ResolvedTraining, default_gpus_per_node, resolve_training
+from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
+from glmops.conditions import Reason
+from glmops.plan import names
+from glmops.plan.memory import MemoryPlan, plan_memory
+from glmops.plan.uris import parse_uri, pod_path
+from glmops.settings import Settings
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+FTJ_LABEL = "glmops.io/finetunejob"
+CONFIG_FILE = "job.json"
+RENDEZVOUS_PORT = 29500
+MIN_INDEXED_JOB_MINOR = 24  # Indexed Jobs with stable pod hostnames are GA from 1.24
+CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """Identity of the FineTuneJob being planned."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """What a node offers, from its GPU labels and allocatable resources."""
+
+    name: str
+    gpus: int
+    gpu_memory_mib: int
+    product: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the planner needs to know about the cluster; gathered by the handler."""
+
+    server_minor: int = 30
+    secrets: frozenset[str] = frozenset()
+    pvcs: frozenset[str] = frozenset()
+    outputs_in_use: dict[str, str] = field(default_factory=dict)  # destination URI -> other FineTuneJob
+    gpu_nodes: tuple[GpuNode, ...] | None = None  # None: unknown (do not judge placement up front)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason the job cannot run as written: which field, why, and how to fix it."""
+
+    reason: Reason
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """GPUs per pod, pods, and the per-GPU memory the pods ask for."""
+
+    nodes: int
+    gpus_per_node: int
+    min_gpu_memory_gib: int
+
+
+@dataclass(frozen=True)
+class FineTunePlan:
+    """The result of planning: problems (then nothing runs) or the objects to apply."""
+
+    training: ResolvedTraining
+    memory: MemoryPlan
+    placement: Placement
+    problems: tuple[Problem, ...]
+    trainer_config: dict[str, Any]
+    objects: tuple[dict[str, Any], ...]
+
+
+def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, settings: Settings) -> FineTunePlan:
+    """Check the job against the cluster and, when it can run, build its trainer objects."""
+    training = resolve_training(spec)
+    gpus_per_node = default_gpus_per_node(spec)
+    memory = plan_memory(
+        variant=spec.model.variant.value,
+        method=training.method.value,
+        lora_rank=training.lora_rank,
+        targets=[t.value for t in training.lora_targets],
+        sequence_length=training.sequence_length,
+        micro_batch_size=training.micro_batch_size,
+        gpus=gpus_per_node * spec.resources.nodes,
+    )
+    placement = Placement(
+        nodes=spec.resources.nodes,
+        gpus_per_node=gpus_per_node,
+        min_gpu_memory_gib=_min_gpu_memory_gib(spec, memory, settings),
+    )
+    problems = tuple(validate_finetune(meta, spec, training, memory, placement, facts))
+    if problems:
+        return FineTunePlan(training, memory, placement, problems, {}, ())
+    config = render_trainer_config(meta, spec, training, settings)
+    objects = build_trainer_objects(meta, spec, placement, config, settings)
+    return FineTunePlan(training, memory, placement, (), config, tuple(objects))
+
+
+def _min_gpu_memory_gib(spec: FineTuneJobSpec, memory: MemoryPlan, settings: Settings) -> int:
+    if spec.resources.gpu_memory_gi_b is not None:
+        return spec.resources.gpu_memory_gi_b
+    need = memory.per_gpu_gib * settings.gpu_memory_headroom
+    # Round up to a whole GiB so the label comparison is stable; never below the variant's GPU class.
+    return max(VARIANT_DEFAULTS[spec.model.variant].min_gpu_memory_gib, int(-(-need // 1)))
+
+
+# --- semantic validation ----------------------------------------------------------------------
+
+
+def validate_finetune(
+    meta: JobMeta,
+    spec: FineTuneJobSpec,
+    training: ResolvedTraining,
+    memory: MemoryPlan,
+    placement: Placement,
+    facts: ClusterFacts,
+) -> list[Problem]:
+    """What the schema cannot check: memory vs GPUs, references, output ownership, cluster limits."""
+    problems: list[Problem] = []
+    need = memory.per_gpu_gib
+    if spec.resources.gpu_memory_gi_b is not None and spec.resources.gpu_memory_gi_b < need:
+        problems.append(
+            Problem(
+                Reason.gpu_memory_too_small,
+                "spec.resources.gpuMemoryGiB",
+                f"{spec.resources.gpu_memory_gi_b} GiB per GPU is below the memory plan's {need:.1f} GiB per GPU "
+                f"for {spec.model.variant.value} {training.method.value} at sequenceLength {training.sequence_length}; "
+                f"raise gpuMemoryGiB to at least {int(-(-need // 1))}, add GPUs (gpusPerNode), "
+                "or lower training.sequenceLength",
+            )
+        )
+    if spec.model.variant is Variant.flagship and placement.gpus_per_node * placement.nodes < 4:
+        problems.append(
+            Problem(
+                Reason.not_enough_gpus,
+                "spec.resources.gpusPerNode",
+                f"the flagship (~355B parameters) needs {memory.total_gib:.0f} GiB of GPU memory in total; "
+                f"{placement.gpus_per_node * placement.nodes} GPU(s) cannot hold it; use gpusPerNode: 8",
+            )
+        )
+    if placement.nodes > 1 and facts.server_minor < MIN_INDEXED_JOB_MINOR:
+        problems.append(
+            Problem(
+                Reason.multi_node_unsupported,
+                "spec.resources.nodes",
+                f"multi-node training needs Indexed Jobs (Kubernetes >= 1.{MIN_INDEXED_JOB_MINOR}); this cluster "
+                f"is 1.{facts.server_minor}; set nodes: 1 or upgrade the cluster",
+            )
+        )
+    if spec.model.credentials_secret and spec.model.credentials_secret not in facts.secrets:
+        problems.append(
+            Problem(
+                Reason.secret_not_found,
+                "spec.model.credentialsSecret",
+                f"Secret {spec.model.credentials_secret!r} does not exist in namespace {meta.namespace}; create it "
+                "(e.g. kubectl create secret generic NAME --from-literal=HF_TOKEN=...) or remove the field",
+            )
+        )
+    for field_path, uri in _pvc_uris(spec):
+        claim = parse_uri(uri).claim
+        if claim and claim not in facts.pvcs:
+            problems.append(
+                Problem(
+                    Reason.pvc_not_found,
+                    field_path,
+                    f"PersistentVolumeClaim {claim!r} does not exist in namespace {meta.namespace}; create it or "
+                    "point the field at an existing claim",
+                )
+            )
+    other = facts.outputs_in_use.get(spec.output.destination.rstrip("/"))
+    if other and other != meta.name:
+        problems.append(
+            Problem(
+                Reason.output_in_use,
+                "spec.output.destination",
+                f"{spec.output.destination} already holds the artifacts of FineTuneJob {other!r}; choose another "
+                "destination so neither job overwrites the other",
+            )
+        )
+    if OutputFormat.gguf in spec.output.formats and not spec.output.quantizations:
+        problems.append(
+            Problem(
+                Reason.invalid_spec,
+                "spec.output.quantizations",
+                "gguf is among the formats but no quantization is named; add e.g. [Q4_K_M]",
+            )
+        )
+    if facts.gpu_nodes is not None:
+        fit = _nodes_that_fit(placement, spec, facts.gpu_nodes)
+        if not fit:
+            problems.append(
+                Problem(
+                    Reason.not_enough_gpus,
+                    "spec.resources",
+                    f"no node has {placement.gpus_per_node} GPU(s) with >= {placement.min_gpu_memory_gib} GiB each"
+                    + (f" of product {spec.resources.gpu_product}" if spec.resources.gpu_product else "")
+                    + f"; largest offer: {_largest_offer(facts.gpu_nodes)}; lower gpusPerNode/gpuMemoryGiB or add such nodes",
+                )
+            )
+    return problems
+
+
+def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
+    return [
+        (path, uri)
+        for path, uri in (
+            ("spec.model.source", spec.model.source),
+            ("spec.dataset.source", spec.dataset.source),
+            ("spec.output.destination", spec.output.destination),
+        )
+        if uri.startswith("pvc://")
+    ]
+
+
+def _nodes_that_fit(placement: Placement, spec: FineTuneJobSpec, nodes: tuple[GpuNode, ...]) -> list[GpuNode]:
+    need_mib = placement.min_gpu_memory_gib * 1024
+    return [
+        n
+        for n in nodes
+        if n.gpus >= placement.gpus_per_node
+        and n.gpu_memory_mib >= need_mib
+        and (spec.resources.gpu_product is None or n.product == spec.resources.gpu_product)
+    ]
+
+
+def _largest_offer(nodes: tuple[GpuNode, ...]) -> str:
+    gpu_nodes = [n for n in nodes if n.gpus > 0]
+    if not gpu_nodes:
+        return "no GPU nodes"
+    best = max(gpu_nodes, key=lambda n: (n.gpu_memory_mib, n.gpus))
+    return f"{best.gpus} x {best.gpu_memory_mib // 1024} GiB ({best.product or best.name})"
+
+
+# --- trainer config ---------------------------------------------------------------------------
+
+
+def render_trainer_config(
+    meta: JobMeta, spec: FineTuneJobSpec, training: ResolvedTraining, settings: Settings
+) -> dict[str, Any]:
+    """The JSON file the trainer reads (glmops_trainer.config.TrainerConfig; a contract test keeps them in step)."""
+    return {
+        "job": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+        "model": {"source": spec.model.source, "variant": spec.model.variant.value},
+        "data": {
+            "source": spec.dataset.source,
+            "format": spec.dataset.format.value,
+            "thinking": spec.dataset.thinking.value,
+            "validation_split": spec.dataset.validation_split,
+            "max_error_fraction": spec.dataset.max_error_fraction,
+            "packing": training.packing,
+        },
+        "training": {
+            "method": training.method.value,
+            "lora": {
+                "rank": training.lora_rank,
+                "alpha": training.lora_alpha,
+                "dropout": training.lora_dropout,
+                "targets": [t.value for t in training.lora_targets],
+            },
+            "epochs": training.epochs,
+            "max_steps": training.max_steps,
+            "learning_rate": training.learning_rate,
+            "sequence_length": training.sequence_length,
+            "micro_batch_size": training.micro_batch_size,
+            "gradient_accumulation_steps": training.gradient_accumulation_steps,
+            "checkpoint_every": training.checkpoint_every,
+            "seed": training.seed,
+        },
+        "output": {
+            "destination": spec.output.destination,
+            "formats": [f.value for f in spec.output.formats],
+            "quantizations": [q.value for q in spec.output.quantizations] if OutputFormat.gguf in spec.output.formats else [],
+        },
+        "runtime": {"pvc_mount_root": settings.pvc_mount_root},
+    }
+
+
+# --- Kubernetes objects -----------------------------------------------------------------------
+
+
+def _labels(meta: JobMeta) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "glmops-trainer",
+        "app.kubernetes.io/instance": meta.name,
+        "app.kubernetes.io/managed-by": "glmops",
+        FTJ_LABEL: meta.name,
+    }
+
+
+def build_trainer_objects(
+    meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, config: dict[str, Any], settings: Settings
+) -> list[dict[str, Any]]:
+    """ConfigMap with the trainer config, the trainer Job, and for several nodes a headless Service."""
+    labels = _labels(meta)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names.trainer_config_name(meta.name), "namespace": meta.namespace, "labels": labels},
+        "data": {CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
+    }
+    objects: list[dict[str, Any]] = [config_map]
+    multi_node = placement.nodes > 1
+    if multi_node:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": names.trainer_service_name(meta.name), "namespace": meta.namespace, "labels": labels},
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": {FTJ_LABEL: meta.name},
+                    "publishNotReadyAddresses": True,
+                    "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+                },
+            }
+        )
+    objects.append(_trainer_job(meta, spec, placement, settings, labels, multi_node))
+    return objects
+
+
+def _trainer_command(meta: JobMeta, placement: Placement, config_path: str) -> list[str]:
+    trainer = ["-m", "glmops_trainer", "train", "--config", config_path]
+    if placement.nodes == 1 and placement.gpus_per_node == 1:
+        return ["python", *trainer]
+    if placement.nodes == 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={placement.gpus_per_node}", *trainer]
+    job = names.trainer_job_name(meta.name)
+    service = names.trainer_service_name(meta.name)
+    # $(NODE_RANK) is expanded by the kubelet from the pod's env, not by a shell.
+    return [
+        "torchrun",
+        f"--nnodes={placement.nodes}",
+        f"--nproc-per-node={placement.gpus_per_node}",
+        "--node-rank=$(NODE_RANK)",
+        f"--master-addr={job}-0.{service}",
+        f"--master-port={RENDEZVOUS_PORT}",
+        *trainer,
+    ]
+
+
+def _node_affinity(spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any]:
+    expressions: list[dict[str, Any]] = [
+        # Gt is strict; the label is MiB.
+        {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(placement.min_gpu_memory_gib * 1024 - 1)]},
+        {"key": GPU_COUNT_LABEL, "operator": "Gt", "values": [str(placement.gpus_per_node - 1)]},
+    ]
+    if spec.resources.gpu_product:
+        expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
+
+
+def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: Settings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "GLMOPS_JOB", "value": meta.name},
+    ]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
+    if placement.nodes > 1:
+        env.append(
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
+            }
+        )
+    if spec.model.credentials_secret:
+        # Referenced, never copied: the kubelet reads the Secret when it starts the container.
+        env += [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": spec.model.credentials_secret, "key": key, "optional": True}},
+            }
+            for key in CREDENTIAL_KEYS
+        ]
+    return env
+
+
+def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": names.trainer_config_name(meta.name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": settings.config_mount_dir, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    claims: dict[str, bool] = {}  # claim -> read-only
+    for field_path, uri in _pvc_uris(spec):
+        claim = parse_uri(uri).claim
+        assert claim is not None
+        read_only = field_path != "spec.output.destination"
+        claims[claim] = claims.get(claim, True) and read_only
+    for index, (claim, read_only) in enumerate(sorted(claims.items())):
+        volume = f"pvc-{index}"
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": volume, "mountPath": pod_path(f"pvc://{claim}", settings.pvc_mount_root), "readOnly": read_only})
+    return volumes, mounts
+
+
+def _trainer_job(
+    meta: JobMeta,
+    spec: FineTuneJobSpec,
+    placement: Placement,
+    settings: Settings,
+    labels: dict[str, str],
+    multi_node: bool,
+) -> dict[str, Any]:
+    volumes, mounts = _volumes(meta, spec, settings)
+    gpus = str(placement.gpus_per_node)
+    cpu = str(int(settings.cpu_per_gpu) * placement.gpus_per_node) if settings.cpu_per_gpu.isdigit() else settings.cpu_per_gpu
+    memory = _scale_quantity(settings.memory_per_gpu, placement.gpus_per_node)
+    container = {
+        "name": "trainer",
+        "image": settings.trainer_image,
+        "command": _trainer_command(meta, placement, f"{settings.config_mount_dir}/{CONFIG_FILE}"),
+        "env": _env(meta, spec, placement, settings),
+        "resources": {
+            "requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: gpus},
+            "limits": {"memory": memory, GPU_RESOURCE: gpus},
+        },
+        "volumeMounts": mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if multi_node:
+        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the trainer never talks to the API
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "affinity": _node_affinity(spec, placement),
+        "tolerations": [
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+            *[t.to_wire() for t in spec.resources.tolerations],
+        ],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.failure_policy.max_retries,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if multi_node:
+        pod_spec["subdomain"] = names.trainer_service_name(meta.name)
+        job_spec.update({"completionMode": "Indexed", "completions": placement.nodes, "parallelism": placement.nodes})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": names.trainer_job_name(meta.name), "namespace": meta.namespace, "labels": labels},
+        "spec": job_spec,
+    }
+
+
+def _scale_quantity(quantity: str, factor: int) -> str:
+    """Multiply a quantity like `32Gi` by an integer, keeping its unit."""
+    digits = "".join(ch for ch in quantity if ch.isdigit())
+    unit = quantity[len(digits) :]
+    return f"{int(digits) * factor}{unit}" if digits else quantity

@@ -1,0 +1,64 @@
+"""FineTuneJob status from what its trainer Job and pods show. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glmops.api.finetunejob import Phase
+
+
+@dataclass(frozen=True)
+class TrainerObservation:
+    """The parts of the trainer Job and its newest pod that decide the job's phase."""
+
+    job_succeeded: bool = False
+    job_failed: bool = False  # the Job controller gave up (backoffLimit reached)
+    job_failure_message: str = ""
+    failed_pods: int = 0
+    pod_phase: str = ""  # Pending | Running | Succeeded | Failed | ""
+    unschedulable_message: str = ""  # from the pod's PodScheduled=False condition
+    container_waiting_reason: str = ""  # e.g. ErrImagePull
+    container_waiting_message: str = ""
+    exporting: bool = False  # the trainer said it finished training and exports now
+
+
+@dataclass(frozen=True)
+class PhaseDecision:
+    """The phase and the condition that explains it."""
+
+    phase: Phase
+    reason: str
+    message: str
+
+
+def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
+    """Which phase the job is in, given its trainer's Job and newest pod."""
+    if obs.job_succeeded:
+        return PhaseDecision(Phase.succeeded, "Completed", "training and export finished; artifacts are recorded in status")
+    if obs.job_failed:
+        detail = obs.job_failure_message or "the trainer failed"
+        return PhaseDecision(
+            Phase.failed,
+            "RetriesExhausted",
+            f"{detail}; the trainer failed {obs.failed_pods} time(s) (failurePolicy.maxRetries={max_retries}); "
+            "see `kubectl logs job/<trainer job>` and fix the cause, then create a new FineTuneJob",
+        )
+    if obs.unschedulable_message:
+        return PhaseDecision(
+            Phase.pending,
+            "Unschedulable",
+            f"the trainer pod cannot be placed: {obs.unschedulable_message}; check spec.resources "
+            "(gpusPerNode, gpuMemoryGiB, gpuProduct, nodeSelector, tolerations) against the cluster's GPU nodes",
+        )
+    if obs.container_waiting_reason and obs.container_waiting_reason not in ("ContainerCreating", "PodInitializing"):
+        return PhaseDecision(
+            Phase.pending,
+            obs.container_waiting_reason,
+            f"the trainer container cannot start: {obs.container_waiting_message or obs.container_waiting_reason}",
+        )
+    if obs.pod_phase == "Running":
+        if obs.exporting:
+            return PhaseDecision(Phase.exporting, "Exporting", "training finished; writing adapter, merged weights and GGUF")
+        retry = f" (retry {obs.failed_pods} of {max_retries}, resuming from the last checkpoint)" if obs.failed_pods else ""
+        return PhaseDecision(Phase.training, "Training", f"the trainer is running{retry}")
+    return PhaseDecision(Phase.pending, "Pending", "waiting for the trainer pod to start")

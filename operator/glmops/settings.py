@@ -1,0 +1,51 @@
+"""The operator's settings: one typed object, read once from `GLMOPS_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Images, paths and timings the operator needs; every field has an env var GLMOPS_<NAME>."""
+
+    trainer_image: str = "ghcr.io/glmops/trainer:0.1.0"
+    """Image of the trainer (trainer_image/)."""
+    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server-b6800"
+    """llama.cpp server image for ModelDeployment runtime llamacpp."""
+    vllm_image: str = "vllm/vllm-openai:v0.12.0"
+    """vLLM image for ModelDeployment runtime vllm."""
+    pvc_mount_root: str = "/mnt/pvc"
+    """Where pvc://CLAIM/PATH is mounted inside pods (as PVC_MOUNT_ROOT/CLAIM)."""
+    config_mount_dir: str = "/etc/glmops"
+    """Where the rendered trainer config is mounted."""
+    cpu_per_gpu: str = "4"
+    """CPU request per GPU of a trainer pod."""
+    memory_per_gpu: str = "32Gi"
+    """Host memory request per GPU of a trainer pod."""
+    shm_size: str = "16Gi"
+    """Size limit of /dev/shm (NCCL and data loaders need more than the runtime's 64 MiB)."""
+    gpu_memory_headroom: float = 1.05
+    """Factor on the memory plan's per-GPU need when matching GPU memory labels (the plan already counts CUDA context and workspace)."""
+    extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
+    """Literal environment variables added to every trainer container (GLMOPS_EXTRA_TRAINER_ENV=K=V,K2=V2)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `GLMOPS_*` variables; unknown values keep the defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"GLMOPS_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = getattr(cls(), f.name)
+            if isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, Mapping):
+                values[f.name] = dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,21 @@
+"""The operator as users run it: `glmops run` in its own process, against the session's cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from operator_support import OperatorProcess
+
+from glmops_dev.cluster import KubeCluster
+
+
+@pytest.fixture(scope="session")
+def glmops_operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session (tests that restart it put it back running)."""
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), env={"GLMOPS_TRAINER_IMAGE": "ghcr.io/glmops/trainer:test"})
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()

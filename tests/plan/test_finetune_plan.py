@@ -1,0 +1,236 @@
+"""The FineTuneJob planner: placement, security, argv, trainer config contract, problems."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from glmops.api.finetunejob import FineTuneJob, FineTuneJobSpec
+from glmops.conditions import Reason
+from glmops.plan.finetune import (
+    GPU_MEMORY_LABEL,
+    ClusterFacts,
+    GpuNode,
+    JobMeta,
+    plan_finetune,
+)
+from glmops.settings import Settings
+from glmops_dev.nodes import NODE_PROFILES
+from glmops_trainer.config import TrainerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "data" / "plan"
+META = JobMeta(name="payments-coder", namespace="ml", uid="0a1b2c3d-0000-4000-8000-000000000001", generation=1)
+SETTINGS = Settings()
+NODES = tuple(GpuNode(p.node_name, p.gpu_count, p.gpu_memory_mib, p.gpu_product or "") for p in NODE_PROFILES)
+FACTS = ClusterFacts(
+    server_minor=30,
+    secrets=frozenset({"hf-token"}),
+    pvcs=frozenset({"models", "datasets"}),
+    gpu_nodes=NODES,
+)
+
+
+def _spec(**overrides: Any) -> FineTuneJobSpec:
+    raw: dict[str, Any] = {
+        "model": {"variant": "flash", "source": "pvc://models/glm-4.7-flash", "credentialsSecret": "hf-token"},
+        "dataset": {"source": "pvc://datasets/agent/train.jsonl"},
+        "output": {"destination": "pvc://models/payments-coder", "quantizations": ["Q4_K_M", "Q8_0"]},
+    }
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return FineTuneJobSpec.model_validate(raw)
+
+
+def _objects(spec: FineTuneJobSpec, facts: ClusterFacts = FACTS) -> dict[str, dict[str, Any]]:
+    plan = plan_finetune(META, spec, facts, SETTINGS)
+    assert plan.problems == (), plan.problems
+    return {o["kind"]: o for o in plan.objects}
+
+
+def _match(expr: dict[str, Any], labels: dict[str, str]) -> bool:
+    """The scheduler's node-affinity operators that the planner uses."""
+    value = labels.get(expr["key"])
+    if expr["operator"] == "In":
+        return value in expr["values"]
+    if expr["operator"] == "Gt":
+        return value is not None and int(value) > int(expr["values"][0])
+    raise AssertionError(f"unexpected operator {expr['operator']}")
+
+
+def _eligible_profiles(job: dict[str, Any]) -> list[str]:
+    pod = job["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    gpus = int(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    eligible = []
+    for prof in NODE_PROFILES:
+        labels = {"nvidia.com/gpu.product": prof.gpu_product or "", GPU_MEMORY_LABEL: str(prof.gpu_memory_mib),
+                  "nvidia.com/gpu.count": str(prof.gpu_count)}
+        labels = {k: v for k, v in labels.items() if prof.gpu_product}
+        if prof.gpu_count >= gpus and any(all(_match(e, labels) for e in t["matchExpressions"]) for t in terms):
+            eligible.append(prof.name)
+    return eligible
+
+
+# --- placement ---------------------------------------------------------------------------------
+
+
+def test_flash_defaults_take_one_48gb_class_gpu() -> None:
+    job = _objects(_spec(resources={}))["Job"]
+    assert _eligible_profiles(job) == ["h200x8", "h100x8", "l40sx1"]
+
+
+def test_flagship_defaults_take_eight_80gb_class_gpus() -> None:
+    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"})
+    plan = plan_finetune(META, spec, FACTS, SETTINGS)
+    job = {o["kind"]: o for o in plan.objects}["Job"]
+    assert _eligible_profiles(job) == ["h200x8", "h100x8"]
+    # Whatever node it lands on covers the plan's per-GPU need with headroom.
+    assert plan.placement.min_gpu_memory_gib >= plan.memory.per_gpu_gib * SETTINGS.gpu_memory_headroom
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=8"]
+
+
+def test_gpu_product_and_user_selectors_are_merged() -> None:
+    spec = _spec(
+        resources={
+            "gpuProduct": "NVIDIA-H200",
+            "nodeSelector": {"pool": "training"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        }
+    )
+    pod = _objects(spec)["Job"]["spec"]["template"]["spec"]
+    assert _eligible_profiles(_objects(spec)["Job"]) == ["h200x8"]
+    assert pod["nodeSelector"] == {"pool": "training"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_impossible_request_names_the_largest_offer() -> None:
+    spec = _spec(resources={"gpusPerNode": 16})
+    plan = plan_finetune(META, spec, FACTS, SETTINGS)
+    assert [p.reason for p in plan.problems] == [Reason.not_enough_gpus]
+    assert "no node has 16 GPU(s)" in plan.problems[0].message and "8 x 140 GiB" in plan.problems[0].message
+    assert plan.objects == ()
+
+
+# --- the pod is safe and shell-free ------------------------------------------------------------
+
+
+def test_pod_security_and_argv() -> None:
+    spec = _spec(model={"source": "pvc://models/x;rm${IFS}-rf$(id)"})
+    objects = _objects(spec)
+    pod = objects["Job"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "glmops_trainer", "train", "--config", "/etc/glmops/job.json"]
+    assert "args" not in container and all("sh" != part for part in container["command"])
+    # The odd source travels as data in the config file, never as a command argument.
+    assert json.loads(objects["ConfigMap"]["data"]["job.json"])["model"]["source"] == "pvc://models/x;rm${IFS}-rf$(id)"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+
+
+def test_secrets_are_referenced_never_copied() -> None:
+    objects = _objects(_spec())
+    env = objects["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = next(e for e in env if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN", "optional": True}
+    assert "hf-token" not in objects["ConfigMap"]["data"]["job.json"]
+
+
+def test_pvcs_are_mounted_read_only_except_the_output() -> None:
+    spec = _spec(output={"destination": "pvc://outputs/run-1"})
+    facts = ClusterFacts(secrets=FACTS.secrets, pvcs=frozenset({"models", "datasets", "outputs"}), gpu_nodes=NODES)
+    pod = _objects(spec, facts)["Job"]["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"datasets": True, "models": True, "outputs": False}
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/mnt/pvc/datasets", "/mnt/pvc/models", "/mnt/pvc/outputs"} <= mounts
+
+
+def test_multi_node_uses_an_indexed_job_and_a_headless_service() -> None:
+    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 2})
+    objects = _objects(spec)
+    job = objects["Job"]
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    assert objects["Service"]["spec"]["clusterIP"] == "None"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == objects["Service"]["metadata"]["name"]
+    command = pod["containers"][0]["command"]
+    assert "--nnodes=2" in command and "--node-rank=$(NODE_RANK)" in command
+    assert f"--master-addr={job['metadata']['name']}-0.{objects['Service']['metadata']['name']}" in command
+
+
+def test_multi_node_on_an_old_cluster_is_refused_with_a_reason() -> None:
+    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 2})
+    facts = ClusterFacts(server_minor=20, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES)
+    plan = plan_finetune(META, spec, facts, SETTINGS)
+    assert [p.reason for p in plan.problems] == [Reason.multi_node_unsupported]
+    assert "1.20" in plan.problems[0].message and plan.objects == ()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _spec(),
+        _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}),
+        _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7"}, resources={"nodes": 4}),
+        _spec(resources={"gpuProduct": "NVIDIA-H200", "tolerations": [{"operator": "Exists"}]}),
+    ],
+    ids=["flash", "flagship", "flagship-multinode", "tolerations"],
+)
+def test_every_manifest_validates_against_a_current_kubernetes_schema(spec: FineTuneJobSpec) -> None:
+    for obj in _objects(spec).values():
+        obj = {**obj, "metadata": {**obj["metadata"], "ownerReferences": []}}
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+
+
+def test_rendered_trainer_config_is_what_the_trainer_reads() -> None:
+    """Contract: the operator's rendered config validates against the trainer's own model."""
+    for spec in (_spec(), _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7@main"}, training={"maxSteps": 10})):
+        plan = plan_finetune(META, spec, FACTS, SETTINGS)
+        config = TrainerConfig.model_validate(plan.trainer_config)
+        assert config.model.source == spec.model.source
+        assert config.training.lora.rank == plan.training.lora_rank
+        assert config.job.uid == META.uid
+        on_disk = json.loads({o["kind"]: o for o in plan.objects}["ConfigMap"]["data"]["job.json"])
+        assert TrainerConfig.model_validate(on_disk) == config
+
+
+# --- golden files: input spec -> expected objects ---------------------------------------------
+
+
+class _ReadableDumper(yaml.SafeDumper):
+    """YAML as a person writes it: no anchors, multi-line strings (the trainer config) as blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+_ReadableDumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|") if "\n" in s else d.represent_str(s),
+)
+
+
+@pytest.mark.parametrize("case", sorted(p.stem.removesuffix(".input") for p in GOLDEN.glob("*.input.yaml")))
+def test_golden(case: str) -> None:
+    doc = yaml.safe_load((GOLDEN / f"{case}.input.yaml").read_text())
+    ftj = FineTuneJob.model_validate(doc)
+    meta = JobMeta(ftj.metadata["name"], ftj.metadata["namespace"], ftj.metadata["uid"], 1)
+    plan = plan_finetune(meta, ftj.spec, FACTS, SETTINGS)
+    rendered = yaml.dump_all(plan.objects, Dumper=_ReadableDumper, sort_keys=False)
+    expected_file = GOLDEN / f"{case}.expected.yaml"
+    if os.environ.get("GLMOPS_UPDATE_GOLDEN"):
+        expected_file.write_text(rendered)
+    assert rendered == expected_file.read_text(), "set GLMOPS_UPDATE_GOLDEN=1 to regenerate after a deliberate change"
