@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from glmops.api.common import (
     Condition,
@@ -319,7 +319,7 @@ class FineTuneJobStatus(StatusModel):
 class FineTuneJob(WireModel):
     """A FineTuneJob as stored by the apiserver."""
 
-    model_config = {"extra": "ignore"}
+    model_config = ConfigDict(extra="ignore")
 
     api_version: str = "glmops.io/v1alpha1"
     kind: str = KIND

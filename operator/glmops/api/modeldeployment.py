@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from glmops.api.common import Condition, DnsLabel, DnsSubdomain, ModelUri, Placement, StatusModel, WireModel
 from glmops.api.finetunejob import Quantization
@@ -124,7 +124,7 @@ class ModelDeploymentStatus(StatusModel):
 class ModelDeployment(WireModel):
     """A ModelDeployment as stored by the apiserver."""
 
-    model_config = {"extra": "ignore"}
+    model_config = ConfigDict(extra="ignore")
 
     api_version: str = "glmops.io/v1alpha1"
     kind: str = KIND

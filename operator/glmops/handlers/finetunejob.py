@@ -7,9 +7,8 @@ calls go through glmops.kube.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client
@@ -73,15 +72,16 @@ def reconcile(
     body: kopf.Body,
     meta: kopf.Meta,
     name: str,
-    namespace: str,
+    namespace: str | None,
     patch: kopf.Patch,
     diff: kopf.Diff,
-    reason: kopf.Reason,
+    reason: str,
     memo: kopf.Memo,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     **_: Any,
 ) -> None:
     """Validate and plan the job, create its trainer objects once, and record the outcome in status."""
+    assert namespace is not None  # FineTuneJob is namespaced
     api: client.ApiClient = memo.api
     settings: Settings = memo.settings
     generation = int(meta.get("generation") or 1)
@@ -150,48 +150,47 @@ def reconcile(
     patch.status.update(status.to_wire())
 
 
-def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tuple[TrainerObservation, Any, Any]:
-    """What the trainer Job and its newest pod show now (plus both objects for further reading)."""
-    try:
-        job = client.BatchV1Api(api).read_namespaced_job(job_name, namespace)
-    except client.exceptions.ApiException as exc:
-        if exc.status == 404:
-            return TrainerObservation(), None, None
-        raise
-    conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tuple[TrainerObservation, dict[str, Any] | None]:
+    """What the trainer Job and its newest pod show now (plus that pod, for its log and result)."""
+    job = kube.get_job(api, namespace, job_name)
+    if job is None:
+        return TrainerObservation(), None
+    job_status = job.get("status") or {}
+    conditions = {c["type"]: c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
     pods = kube.job_pods(api, namespace, job_name)
     newest = pods[0] if pods else None
+    pod_status = (newest or {}).get("status") or {}
     unschedulable = waiting_reason = waiting_message = ""
-    if newest is not None:
-        for cond in newest.status.conditions or []:
-            if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
-                unschedulable = cond.message or "Unschedulable"
-        for cs in newest.status.container_statuses or []:
-            if cs.state and cs.state.waiting:
-                waiting_reason = cs.state.waiting.reason or ""
-                waiting_message = cs.state.waiting.message or ""
+    for cond in pod_status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            unschedulable = cond.get("message") or "Unschedulable"
+    for cs in pod_status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            waiting_reason, waiting_message = waiting.get("reason", ""), waiting.get("message", "")
     failed = conditions.get("Failed")
     obs = TrainerObservation(
         job_succeeded="Complete" in conditions,
         job_failed=failed is not None,
-        job_failure_message=(failed.message or failed.reason or "") if failed else "",
-        failed_pods=int(job.status.failed or 0),
-        pod_phase=newest.status.phase if newest is not None else "",
+        job_failure_message=(failed.get("message") or failed.get("reason") or "") if failed else "",
+        failed_pods=int(job_status.get("failed") or 0),
+        pod_phase=str(pod_status.get("phase") or ""),
         unschedulable_message=unschedulable,
         container_waiting_reason=waiting_reason,
         container_waiting_message=waiting_message,
     )
-    return obs, job, newest
+    return obs, newest
 
 
-def _termination_message(pod: Any) -> str | None:
-    for cs in (pod.status.container_statuses or []) if pod is not None else []:
-        if cs.state and cs.state.terminated:
-            return str(cs.state.terminated.message or "")
+def _termination_message(pod: dict[str, Any] | None) -> str | None:
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return str(terminated.get("message") or "")
     return None
 
 
-def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: logging.Logger) -> None:
+def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: kopf.Logger) -> None:
     """Recompute a FineTuneJob's phase, progress and artifacts from its trainer, and patch status."""
     body = kube.get_custom(api, PLURAL, namespace, ftj_name)
     if body is None:
@@ -200,10 +199,10 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: lo
     status = job_spec.status
     if status.phase in TERMINAL or not status.trainer_job:
         return
-    obs, _, pod = observe_trainer(api, namespace, status.trainer_job)
+    obs, pod = observe_trainer(api, namespace, status.trainer_job)
     log_text = ""
-    if pod is not None and pod.status.phase in ("Running", "Succeeded", "Failed"):
-        log_text = kube.pod_log_tail(api, namespace, pod.metadata.name, "trainer")
+    if pod is not None and obs.pod_phase in ("Running", "Succeeded", "Failed"):
+        log_text = kube.pod_log_tail(api, namespace, pod["metadata"]["name"], "trainer")
     progress = last_progress(log_text)
     if progress is not None:
         status.progress = progress
@@ -220,7 +219,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: lo
         status.start_time = datetime.now(UTC)
     scheduled = ConditionStatus.false if decision.reason == "Unschedulable" else ConditionStatus.true
     if pod is not None or decision.reason == "Unschedulable":
-        message = decision.message if scheduled is ConditionStatus.false else f"pod {pod.metadata.name} is placed"
+        message = decision.message if scheduled is ConditionStatus.false else f"pod {pod['metadata']['name']} is placed on {pod.get('spec', {}).get('nodeName')}" if pod else decision.message
         status.conditions = set_condition(status.conditions, ConditionType.scheduled, scheduled, decision.reason if scheduled is ConditionStatus.false else Reason.scheduled, message, generation)
     top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false}.get(decision.phase, ConditionStatus.unknown)
     status.conditions = set_condition(status.conditions, ConditionType.succeeded, top, decision.reason, decision.message, generation)
@@ -236,18 +235,20 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: lo
     kube.patch_custom_status(api, PLURAL, namespace, ftj_name, status.to_wire())
     if previous != decision.phase:
         event_type = "Warning" if decision.phase is Phase.failed or decision.reason == "Unschedulable" else "Normal"
-        kopf.event(body, type=event_type, reason=decision.reason, message=decision.message)
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event_type, reason=decision.reason, message=decision.message)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT})
-def trainer_job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def trainer_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """A trainer Job changed (pod failed, retried, completed): update its FineTuneJob."""
+    assert namespace is not None
     sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
 
 
 @kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT})
-def trainer_pod_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def trainer_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """A trainer pod was scheduled, started, or could not be placed: update its FineTuneJob."""
+    assert namespace is not None
     sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
 
 
@@ -260,6 +261,7 @@ def trainer_pod_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger
     initial_delay=5.0,
     when=lambda status, **_: status.get("phase") in (Phase.pending, Phase.training, Phase.exporting),
 )
-def poll_progress(name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def poll_progress(name: str, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Refresh progress from the trainer's log while it trains (log lines raise no watch event)."""
+    assert namespace is not None
     sync_status(memo.api, namespace, name, logger)

@@ -15,16 +15,16 @@ from glmops.settings import Settings
 
 def _api_client() -> client.ApiClient:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 64  # handlers run in parallel threads
     return client.ApiClient(configuration)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Set persistence, watching, posting and concurrency for one operator replica."""
     # kopf's own bookkeeping lives under our group, with our finalizer name.
     settings.persistence.finalizer = f"{GROUP}/finalizer"

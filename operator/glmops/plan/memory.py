@@ -10,7 +10,8 @@ against what a tiny model really allocates. Every term follows what the trainer 
   is upcast to fp32 by peft's `prepare_model_for_kbit_training`. lora: everything in bf16.
 - LoRA: r*(in+out) per adapted linear; per-expert rank blocks for routed experts
   (r*E*(H+2I) + r*E*(I+H) per MoE layer). fp32 weight + fp32 gradient + two fp32 AdamW moments.
-- Activations with gradient checkpointing: every decoder layer keeps its input hidden state; on
+- Activations with gradient checkpointing: every decoder layer keeps its input hidden state (fp32
+  under qlora: the upcast embeddings make the residual stream fp32, linears still compute in bf16); on
   top comes the larger of two phases that never overlap: the loss (fp32 logits-sized tensors:
   log-softmax output, its gradient, the logits' gradient) and the recompute + backward of one
   decoder layer (`_layer_activation_bytes_per_token`).
@@ -355,8 +356,12 @@ def plan_memory(
     lora_state = lora_params * ADAMW_BYTES_PER_LORA_PARAM
 
     tokens = sequence_length * micro_batch_size
-    layer_inputs = model.num_layers * tokens * model.hidden_size * compute_bytes
-    layer_work = tokens * _layer_activation_bytes_per_token(model, targets, lora_rank, compute_bytes, lora_dropout)
+    # qlora: the fp32 embeddings make the residual stream fp32; linears still compute in bf16
+    residual_bytes = 4 if method == "qlora" else compute_bytes
+    layer_inputs = model.num_layers * tokens * model.hidden_size * residual_bytes
+    layer_work = tokens * _layer_activation_bytes_per_token(
+        model, targets, lora_rank, compute_bytes, residual_bytes, lora_dropout
+    )
     if not gradient_checkpointing:
         layer_inputs, layer_work = 0, layer_work * model.num_layers
     # peak of the loss's backward: fp32 log-softmax output, its gradient and the logits' gradient
@@ -409,7 +414,7 @@ def plan_memory(
 
 
 def _layer_activation_bytes_per_token(
-    model: ModelDims, targets: Sequence[str], rank: int, compute_bytes: int, lora_dropout: float
+    model: ModelDims, targets: Sequence[str], rank: int, compute_bytes: int, residual_bytes: int, lora_dropout: float
 ) -> float:
     """Bytes per token that autograd holds while one decoder layer is recomputed and back-propagated.
 
@@ -420,8 +425,8 @@ def _layer_activation_bytes_per_token(
     hidden = model.hidden_size
     act = float(compute_bytes)
     fp32 = 4.0
-    # input and post-attention RMSNorm: fp32 copy of the input, output in the compute dtype
-    norms = 2 * (hidden * fp32 + hidden * act)
+    # input and post-attention RMSNorm: fp32 copy of the input, output in the residual dtype
+    norms = 2 * (hidden * fp32 + hidden * residual_bytes)
     attention = model.attention.activation_elements_per_token() * act
     k, inter = model.experts_per_token, model.moe_intermediate_size
     # router in fp32: input copy, logits, sigmoid scores, normalised top-k weights
@@ -445,5 +450,5 @@ def _layer_activation_bytes_per_token(
         lora_inputs += 2 * hidden + shared_inter
     per_input = (act + 1 if lora_dropout > 0 else 0.0) + (act if compute_bytes < 4 else 0.0)
     lora = lora_inputs * per_input
-    gradients = 3 * hidden * act
+    gradients = 3 * hidden * residual_bytes
     return norms + attention + mlp + lora + gradients
