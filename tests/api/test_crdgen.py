@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 from glmops.cli.main import main as glmops_main
+from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_KEYS = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "const", "uniqueItems", "title", "discriminator", "prefixItems"}

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-
 from operator_support import wait_for
 
 GROUP, VERSION, PLURAL = "glmops.io", "v1alpha1", "finetunejobs"

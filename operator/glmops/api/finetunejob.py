@@ -253,8 +253,8 @@ class Plan(StatusModel):
     """Pods in the run."""
     gpus_per_node: int
     """GPUs per pod."""
-    min_gpu_memory_gi_b: int
-    """The per-GPU memory the pods ask for via node affinity."""
+    min_gpu_memory_gi_b: float
+    """The per-GPU memory in GiB the pods ask for via node affinity."""
 
 
 class ArtifactRef(StatusModel):

@@ -116,7 +116,7 @@ def reconcile(
         gpu_memory_gi_b_per_gpu=round(plan.memory.per_gpu_gib, 1),
         nodes=plan.placement.nodes,
         gpus_per_node=plan.placement.gpus_per_node,
-        min_gpu_memory_gi_b=plan.placement.min_gpu_memory_gib,
+        min_gpu_memory_gi_b=round(plan.placement.min_gpu_memory_gib, 1),
     )
     if plan.problems:
         first = plan.problems[0]

@@ -7,6 +7,7 @@ objects this module returns. A CR field never reaches a shell: commands are argv
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,12 @@ class Placement:
 
     nodes: int
     gpus_per_node: int
-    min_gpu_memory_gib: int
+    min_gpu_memory_mib: int  # MiB, the unit of the nvidia.com/gpu.memory label
+
+    @property
+    def min_gpu_memory_gib(self) -> float:
+        """The same in GiB."""
+        return self.min_gpu_memory_mib / 1024
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, set
     placement = Placement(
         nodes=spec.resources.nodes,
         gpus_per_node=gpus_per_node,
-        min_gpu_memory_gib=_min_gpu_memory_gib(spec, memory, settings),
+        min_gpu_memory_mib=_min_gpu_memory_mib(spec, memory, settings),
     )
     problems = tuple(validate_finetune(meta, spec, training, memory, placement, facts))
     if problems:
@@ -119,12 +125,12 @@ def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, set
     return FineTunePlan(training, memory, placement, (), config, tuple(objects))
 
 
-def _min_gpu_memory_gib(spec: FineTuneJobSpec, memory: MemoryPlan, settings: Settings) -> int:
+def _min_gpu_memory_mib(spec: FineTuneJobSpec, memory: MemoryPlan, settings: Settings) -> int:
     if spec.resources.gpu_memory_gi_b is not None:
-        return spec.resources.gpu_memory_gi_b
-    need = memory.per_gpu_gib * settings.gpu_memory_headroom
-    # Round up to a whole GiB so the label comparison is stable; never below the variant's GPU class.
-    return max(VARIANT_DEFAULTS[spec.model.variant].min_gpu_memory_gib, int(-(-need // 1)))
+        return spec.resources.gpu_memory_gi_b * 1024
+    # The plan's need with headroom, in whole MiB (the label's unit); never below the variant's GPU class.
+    need_mib = math.ceil(memory.per_gpu_gib * settings.gpu_memory_headroom * 1024)
+    return max(VARIANT_DEFAULTS[spec.model.variant].min_gpu_memory_gib * 1024, need_mib)
 
 
 # --- semantic validation ----------------------------------------------------------------------
@@ -215,7 +221,7 @@ def validate_finetune(
                 Problem(
                     Reason.not_enough_gpus,
                     "spec.resources",
-                    f"no node has {placement.gpus_per_node} GPU(s) with >= {placement.min_gpu_memory_gib} GiB each"
+                    f"no node has {placement.gpus_per_node} GPU(s) with >= {placement.min_gpu_memory_gib:.1f} GiB each"
                     + (f" of product {spec.resources.gpu_product}" if spec.resources.gpu_product else "")
                     + f"; largest offer: {_largest_offer(facts.gpu_nodes)}; lower gpusPerNode/gpuMemoryGiB or add such nodes",
                 )
@@ -236,7 +242,7 @@ def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
 
 
 def _nodes_that_fit(placement: Placement, spec: FineTuneJobSpec, nodes: tuple[GpuNode, ...]) -> list[GpuNode]:
-    need_mib = placement.min_gpu_memory_gib * 1024
+    need_mib = placement.min_gpu_memory_mib
     return [
         n
         for n in nodes
@@ -364,7 +370,7 @@ def _trainer_command(meta: JobMeta, placement: Placement, config_path: str) -> l
 def _node_affinity(spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any]:
     expressions: list[dict[str, Any]] = [
         # Gt is strict; the label is MiB.
-        {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(placement.min_gpu_memory_gib * 1024 - 1)]},
+        {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(placement.min_gpu_memory_mib - 1)]},
         {"key": GPU_COUNT_LABEL, "operator": "Gt", "values": [str(placement.gpus_per_node - 1)]},
     ]
     if spec.resources.gpu_product:

@@ -68,7 +68,12 @@ class AttentionDims:
         """name -> (in_features, out_features) of each attention projection."""
         if self.kind == "gqa":
             q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-            return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden)}
+            return {
+                "q_proj": (hidden, q),
+                "k_proj": (hidden, kv),
+                "v_proj": (hidden, kv),
+                "o_proj": (q, hidden),
+            }
         qk = self.qk_nope_head_dim + self.qk_rope_head_dim
         found: dict[str, tuple[int, int]] = {}
         if self.q_lora_rank:
@@ -166,7 +171,9 @@ class ModelDims:
             mlp_types = config.get("mlp_layer_types") or ["dense"] + ["sparse"] * (layers - 1)
             dense = sum(1 for kind in mlp_types[:layers] if kind == "dense")
         else:
-            raise ValueError(f"model_type {model_type!r}: only glm4_moe and glm4_moe_lite have a memory model")
+            raise ValueError(
+                f"model_type {model_type!r}: only glm4_moe and glm4_moe_lite have a memory model"
+            )
         return cls(
             name=name or str(model_type),
             vocab_size=int(config["vocab_size"]),
@@ -385,8 +392,13 @@ def plan_memory(
         }
         # Sum of every GPU's own peak: each recomputes its layers and has its context; one holds the logits.
         total = (
-            weights_nf4 + weights_plain + lora_state + layer_inputs + working
-            + (gpus - 1) * layer_work + gpus * (dequant + overhead)
+            weights_nf4
+            + weights_plain
+            + lora_state
+            + layer_inputs
+            + working
+            + (gpus - 1) * layer_work
+            + gpus * (dequant + overhead)
         )
     else:
         per_gpu = {
@@ -414,7 +426,12 @@ def plan_memory(
 
 
 def _layer_activation_bytes_per_token(
-    model: ModelDims, targets: Sequence[str], rank: int, compute_bytes: int, residual_bytes: int, lora_dropout: float
+    model: ModelDims,
+    targets: Sequence[str],
+    rank: int,
+    compute_bytes: int,
+    residual_bytes: int,
+    lora_dropout: float,
 ) -> float:
     """Bytes per token that autograd holds while one decoder layer is recomputed and back-propagated.
 
