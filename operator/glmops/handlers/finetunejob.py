@@ -44,23 +44,27 @@ def _fail(status: FineTuneJobStatus, reason: str, message: str, gen: int) -> Non
     _with_condition(status, ConditionType.succeeded, ConditionStatus.false, reason, message, gen)
 
 
-def _gather_facts(api: client.ApiClient, namespace: str, name: str, job: FineTuneJob) -> ClusterFacts:
+@kopf.index(GROUP, VERSION, PLURAL)
+def ftj_outputs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str] | None:
+    """Which FineTuneJob writes to which output location, kept current from the watch (no list per reconcile)."""
+    destination = (spec.get("output") or {}).get("destination")
+    return {(namespace, str(destination).rstrip("/")): name} if destination else None
+
+
+def _gather_facts(
+    api: client.ApiClient, namespace: str, name: str, job: FineTuneJob, outputs: kopf.Index[Any, str], memo: kopf.Memo
+) -> ClusterFacts:
     spec = job.spec
-    secrets = frozenset(
-        s for s in [spec.model.credentials_secret] if s and kube.secret_exists(api, namespace, s)
-    )
+    secrets = frozenset(s for s in [spec.model.credentials_secret] if s and kube.secret_exists(api, namespace, s))
     claims = {parse_uri(u).claim for u in (spec.model.source, spec.dataset.source, spec.output.destination)}
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
-    outputs = {
-        other["spec"]["output"]["destination"].rstrip("/"): other["metadata"]["name"]
-        for other in kube.list_custom(api, PLURAL, namespace)
-        if other["metadata"]["name"] != name and other.get("spec", {}).get("output", {}).get("destination")
-    }
+    destination = spec.output.destination.rstrip("/")
+    others = sorted(n for n in outputs.get((namespace, destination), []) if n != name)
     return ClusterFacts(
-        server_minor=kube.server_minor(api),
+        server_minor=memo.server_minor,
         secrets=secrets,
         pvcs=pvcs,
-        outputs_in_use=outputs,
+        outputs_in_use={destination: others[0]} if others else {},
         gpu_nodes=kube.gpu_nodes(api),
     )
 
@@ -78,9 +82,10 @@ def reconcile(
     reason: str,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Validate and plan the job, create its trainer objects once, and record the outcome in status."""
+    ftj_outputs: kopf.Index[Any, str] = kwargs["ftj_outputs"]  # the index above, passed by name
     assert namespace is not None  # FineTuneJob is namespaced
     api: client.ApiClient = memo.api
     settings: Settings = memo.settings
@@ -110,7 +115,7 @@ def reconcile(
         patch.status.update(status.to_wire())
         return
 
-    facts = _gather_facts(api, namespace, name, job)
+    facts = _gather_facts(api, namespace, name, job, ftj_outputs, memo)
     plan = plan_finetune(JobMeta(name, namespace, str(meta["uid"]), generation), job.spec, facts, settings)
     status.plan = Plan(
         gpu_memory_gi_b_per_gpu=round(plan.memory.per_gpu_gib, 1),

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from glmops import kube
 from glmops.api.common import GROUP
 from glmops.settings import Settings
 
@@ -43,6 +44,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.batching.worker_limit = 64
     memo.api = _api_client()
     memo.settings = Settings.from_env()
+    memo.server_minor = kube.server_minor(memo.api)  # decides multi-node support; fixed for our lifetime
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 
