@@ -9,7 +9,10 @@ import pytest
 
 from glmops.plan.memory import FLAGSHIP, FLASH, NF4_BYTES_PER_PARAM, ModelDims, plan_memory
 
-DEFAULT_TARGETS = {"flash": ["attention", "shared_experts", "experts"], "flagship": ["attention", "shared_experts"]}
+DEFAULT_TARGETS = {
+    "flash": ["attention", "shared_experts", "experts"],
+    "flagship": ["attention", "shared_experts"],
+}
 
 # config.json of the released checkpoints (the fields the plan reads)
 GLM_4_7_CONFIG = {
@@ -55,15 +58,15 @@ GLM_4_7_FLASH_CONFIG = {
 
 
 def _plan(variant: str, **overrides: object):  # type: ignore[no-untyped-def]
-    arguments: dict[str, object] = dict(
-        variant=variant,
-        method="qlora",
-        lora_rank=16,
-        targets=DEFAULT_TARGETS[variant],
-        sequence_length=8192,
-        micro_batch_size=1,
-        gpus=1 if variant == "flash" else 8,
-    )
+    arguments: dict[str, object] = {
+        "variant": variant,
+        "method": "qlora",
+        "lora_rank": 16,
+        "targets": DEFAULT_TARGETS[variant],
+        "sequence_length": 8192,
+        "micro_batch_size": 1,
+        "gpus": 1 if variant == "flash" else 8,
+    }
     arguments.update(overrides)
     return plan_memory(**arguments)  # type: ignore[arg-type]
 
@@ -88,7 +91,10 @@ def test_flash_qlora_fits_one_48_gb_class_gpu_at_8192_tokens() -> None:
     assert plan.total_gib == pytest.approx(plan.per_gpu_gib)
     groups = FLASH.parameter_groups()
     quantized = groups["attention"] + groups["dense_mlp"] + groups["shared_experts"] + groups["experts"]
-    assert plan.breakdown_gib["weights_nf4"] == pytest.approx(quantized * NF4_BYTES_PER_PARAM / 1024**3, rel=1e-3)
+    assert plan.breakdown_gib["weights_nf4"] == pytest.approx(
+        quantized * NF4_BYTES_PER_PARAM / 1024**3, rel=1e-3
+    )
+
 
 @pytest.mark.parametrize("targets", [DEFAULT_TARGETS["flagship"], ["attention", "shared_experts", "experts"]])
 def test_flagship_qlora_needs_250_to_320_gib_over_eight_gpus(targets: list[str]) -> None:
@@ -102,7 +108,9 @@ def test_breakdown_sums_to_the_per_gpu_figure() -> None:
     for variant in ("flash", "flagship"):
         plan = _plan(variant)
         assert sum(plan.breakdown_gib.values()) == pytest.approx(plan.per_gpu_gib)
-        assert plan.breakdown_gib["working_activations"] == pytest.approx(max(plan.layer_recompute_gib, plan.logits_gib))
+        assert plan.breakdown_gib["working_activations"] == pytest.approx(
+            max(plan.layer_recompute_gib, plan.logits_gib)
+        )
 
 
 def test_plan_reacts_to_every_knob_in_the_expected_direction() -> None:
@@ -116,7 +124,9 @@ def test_plan_reacts_to_every_knob_in_the_expected_direction() -> None:
     assert lora.breakdown_gib["weights_nf4"] == 0 and lora.per_gpu_gib > base.per_gpu_gib + 35
     # replicas: each GPU needs the same, the job needs it once per GPU
     two = _plan("flash", gpus=2)
-    assert two.per_gpu_gib == pytest.approx(base.per_gpu_gib) and two.total_gib == pytest.approx(2 * base.total_gib)
+    assert two.per_gpu_gib == pytest.approx(base.per_gpu_gib) and two.total_gib == pytest.approx(
+        2 * base.total_gib
+    )
     # split: more GPUs, less on each
     assert _plan("flagship", gpus=16).per_gpu_gib < _plan("flagship").per_gpu_gib
 
@@ -142,8 +152,13 @@ def test_bad_arguments_are_named(overrides: dict[str, object], message: str) -> 
     with pytest.raises(ValueError, match=message):
         plan_memory(
             **{  # type: ignore[arg-type]
-                "method": "qlora", "lora_rank": 16, "targets": ["attention"], "sequence_length": 8192,
-                "micro_batch_size": 1, "gpus": 1, **arguments,
+                "method": "qlora",
+                "lora_rank": 16,
+                "targets": ["attention"],
+                "sequence_length": 8192,
+                "micro_batch_size": 1,
+                "gpus": 1,
+                **arguments,
             }
         )
 

@@ -1,0 +1,183 @@
+"""Where the base model comes from: file://, pvc://, hf:// and s3:// sources resolved to a local directory.
+
+`resolve_model_source(config.model.source, ...)` returns a directory holding config.json and the
+safetensors. Local schemes are only checked; hf:// is fetched with `huggingface_hub.snapshot_download`
+(token read from the environment variable the config names, never logged or echoed); s3:// is
+copied with fsspec, which needs the optional `s3fs` package (extra `trainer-s3`).
+Errors are `ModelSourceError`s that name the field (`spec.model.source`) and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SOURCE_FIELD = "spec.model.source"
+"""The FineTuneJob field users write the source in; errors name it."""
+
+Scheme = Literal["file", "pvc", "hf", "s3"]
+
+_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ModelSourceError(ValueError):
+    """The model source is malformed, missing, or cannot be fetched; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed model source URI."""
+
+    scheme: Scheme
+    location: str
+    """file: absolute path; pvc: CLAIM/PATH; hf: ORG/NAME; s3: BUCKET/KEY."""
+    revision: str | None = None
+    """hf:// only: branch, tag or commit after '@'."""
+
+
+def parse_model_source(uri: str, field: str = SOURCE_FIELD) -> ModelSource:
+    """Parse `uri` into a ModelSource, or raise ModelSourceError naming `field`."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        raise ModelSourceError(
+            f"{field}: {uri!r} has no scheme; write file:///PATH, pvc://CLAIM/PATH, hf://ORG/NAME[@REVISION] "
+            "or s3://BUCKET/KEY"
+        )
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ModelSourceError(f"{field}: {uri!r} must be absolute: file:///PATH (three slashes)")
+        return ModelSource("file", "/" + rest.lstrip("/"))
+    if scheme == "pvc":
+        claim, _, path = rest.partition("/")
+        if not claim:
+            raise ModelSourceError(f"{field}: {uri!r} names no claim; write pvc://CLAIM/PATH")
+        if ".." in Path(path).parts:
+            raise ModelSourceError(f"{field}: {uri!r} may not contain '..'; write the path inside the claim")
+        return ModelSource("pvc", f"{claim}/{path}".rstrip("/"))
+    if scheme == "hf":
+        repo, at, revision = rest.partition("@")
+        repo = repo.strip("/")
+        if not _HF_REPO.match(repo):
+            raise ModelSourceError(
+                f"{field}: {uri!r} is not a Hugging Face repository; write hf://ORG/NAME or hf://ORG/NAME@REVISION"
+            )
+        if at and not revision:
+            raise ModelSourceError(
+                f"{field}: {uri!r} has an empty revision after '@'; name a branch, tag or commit"
+            )
+        return ModelSource("hf", repo, revision or None)
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        if not _S3_BUCKET.match(bucket):
+            raise ModelSourceError(f"{field}: {uri!r} has no valid bucket name; write s3://BUCKET/KEY")
+        return ModelSource("s3", f"{bucket}/{key}".rstrip("/"))
+    raise ModelSourceError(
+        f"{field}: scheme {scheme!r} is not supported; use file://, pvc://, hf:// or s3://"
+    )
+
+
+def resolve_model_source(
+    uri: str,
+    *,
+    pvc_mount_root: str | Path,
+    cache_dir: str | Path,
+    hf_token_env: str = "HF_TOKEN",
+    field: str = SOURCE_FIELD,
+) -> Path:
+    """A local directory with the model described by `uri`, downloading into `cache_dir` when remote."""
+    source = parse_model_source(uri, field)
+    if source.scheme == "file":
+        return _existing_model_dir(Path(source.location), uri, field)
+    if source.scheme == "pvc":
+        claim = source.location.split("/", 1)[0]
+        local = Path(pvc_mount_root) / source.location
+        if not (Path(pvc_mount_root) / claim).is_dir():
+            raise ModelSourceError(
+                f"{field}: claim {claim!r} of {uri!r} is not mounted at {Path(pvc_mount_root) / claim}; "
+                "check that the PersistentVolumeClaim exists in the job's namespace"
+            )
+        return _existing_model_dir(local, uri, field)
+    if source.scheme == "hf":
+        return _download_hf(source, uri, Path(cache_dir), hf_token_env, field)
+    return _download_s3(source, uri, Path(cache_dir), field)
+
+
+def _existing_model_dir(path: Path, uri: str, field: str) -> Path:
+    if not path.exists():
+        raise ModelSourceError(f"{field}: {uri!r} does not exist (looked at {path}); check the path")
+    if not path.is_dir():
+        raise ModelSourceError(
+            f"{field}: {uri!r} is a file; point it at the model directory that holds config.json"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"{field}: {uri!r} has no config.json; point it at a Hugging Face model directory "
+            "(config.json, *.safetensors, tokenizer files)"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise ModelSourceError(
+            f"{field}: {uri!r} holds no *.safetensors weights; save the model with safetensors"
+        )
+    return path
+
+
+def _download_hf(source: ModelSource, uri: str, cache_dir: Path, token_env: str, field: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    token = os.environ.get(token_env) or None
+    try:
+        local = snapshot_download(
+            repo_id=source.location,
+            revision=source.revision,
+            cache_dir=str(cache_dir),
+            token=token,
+            allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"],
+        )
+    except GatedRepoError:
+        raise ModelSourceError(
+            f"{field}: {source.location} is gated; accept its licence on the Hub and put a token in the "
+            f"secret named by spec.model.credentialsSecret (read as ${token_env})"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelSourceError(
+            f"{field}: revision {source.revision!r} of {source.location} does not exist; name a branch, tag or commit"
+        ) from None
+    except RepositoryNotFoundError:
+        hint = "" if token else f" (no token was set in ${token_env}; private repositories need one)"
+        raise ModelSourceError(f"{field}: repository {source.location} was not found{hint}") from None
+    except Exception as exc:  # noqa: BLE001  (network/HTTP errors: keep the type, drop text that may carry the token)
+        raise ModelSourceError(
+            f"{field}: downloading {uri} failed ({type(exc).__name__}); check network access to the Hub "
+            f"and the token in ${token_env}"
+        ) from None
+    return _existing_model_dir(Path(local), uri, field)
+
+
+def _download_s3(source: ModelSource, uri: str, cache_dir: Path, field: str) -> Path:
+    try:
+        import fsspec  # type: ignore[import-untyped]
+        import s3fs  # type: ignore[import-not-found,unused-ignore]  # noqa: F401  (fsspec's s3 implementation; imported to fail early with a clear message)
+    except ImportError:
+        raise ModelSourceError(
+            f"{field}: {uri!r} needs the s3fs package, which this trainer image lacks; install the "
+            "'trainer-s3' extra (pip install 'glmops[trainer-s3]') or copy the model to a PVC and use pvc://"
+        ) from None
+    target = cache_dir / "s3" / source.location
+    fs = fsspec.filesystem("s3")
+    try:
+        if not fs.exists(source.location):
+            raise ModelSourceError(f"{field}: {uri!r} does not exist; check bucket and key")
+        fs.get(source.location.rstrip("/") + "/", str(target), recursive=True)
+    except ModelSourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (any storage error becomes a message naming the field)
+        raise ModelSourceError(
+            f"{field}: copying {uri} failed ({type(exc).__name__}: {exc}); check the bucket policy and the "
+            "AWS credentials in spec.model.credentialsSecret"
+        ) from None
+    return _existing_model_dir(target, uri, field)
