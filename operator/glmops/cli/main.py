@@ -38,6 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import glmops.handlers  # noqa: F401  (registers the handlers)
 
     namespaces = args.namespace or []
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator")
     run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     run.set_defaults(func=_cmd_run)
     return parser
 

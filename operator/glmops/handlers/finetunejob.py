@@ -7,6 +7,7 @@ calls go through glmops.kube.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from glmops.api.common import GROUP, VERSION, ConditionStatus
 from glmops.api.finetunejob import PLURAL, FineTuneJob, FineTuneJobStatus, Phase, Plan
 from glmops.conditions import ConditionType, Reason, set_condition
 from glmops.plan import names
-from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, JobMeta, plan_finetune
+from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
 from glmops.plan.status import TrainerObservation, decide_phase
 from glmops.plan.uris import parse_uri
 from glmops.settings import Settings
@@ -65,8 +66,21 @@ def _gather_facts(
         secrets=secrets,
         pvcs=pvcs,
         outputs_in_use={destination: others[0]} if others else {},
-        gpu_nodes=kube.gpu_nodes(api),
+        gpu_nodes=_gpu_nodes(api, memo),
     )
+
+
+NODE_CACHE_SECONDS = 10.0
+
+
+def _gpu_nodes(api: client.ApiClient, memo: kopf.Memo) -> tuple[GpuNode, ...]:
+    """The cluster's GPU offers, re-read at most every few seconds (a burst of jobs needs one list)."""
+    cached: tuple[float, tuple[GpuNode, ...]] | None = getattr(memo, "gpu_nodes", None)
+    now = time.monotonic()
+    if cached is None or now - cached[0] > NODE_CACHE_SECONDS:
+        cached = (now, kube.gpu_nodes(api))
+        memo.gpu_nodes = cached
+    return cached[1]
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
@@ -204,6 +218,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     status = job_spec.status
     if status.phase in TERMINAL or not status.trainer_job:
         return
+    before = status.to_wire()
     obs, pod = observe_trainer(api, namespace, status.trainer_job)
     log_text = ""
     if pod is not None and obs.pod_phase in ("Running", "Succeeded", "Failed"):
@@ -222,10 +237,16 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     status.retries = obs.failed_pods
     if decision.phase is Phase.training and status.start_time is None:
         status.start_time = datetime.now(UTC)
-    scheduled = ConditionStatus.false if decision.reason == "Unschedulable" else ConditionStatus.true
-    if pod is not None or decision.reason == "Unschedulable":
-        message = decision.message if scheduled is ConditionStatus.false else f"pod {pod['metadata']['name']} is placed on {pod.get('spec', {}).get('nodeName')}" if pod else decision.message
-        status.conditions = set_condition(status.conditions, ConditionType.scheduled, scheduled, decision.reason if scheduled is ConditionStatus.false else Reason.scheduled, message, generation)
+    node = ((pod or {}).get("spec") or {}).get("nodeName")
+    if decision.reason == "Unschedulable":
+        status.conditions = set_condition(
+            status.conditions, ConditionType.scheduled, ConditionStatus.false, decision.reason, decision.message, generation
+        )
+    elif pod is not None and node:
+        message = f"pod {pod['metadata']['name']} runs on node {node}"
+        status.conditions = set_condition(
+            status.conditions, ConditionType.scheduled, ConditionStatus.true, Reason.scheduled, message, generation
+        )
     top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false}.get(decision.phase, ConditionStatus.unknown)
     status.conditions = set_condition(status.conditions, ConditionType.succeeded, top, decision.reason, decision.message, generation)
     if decision.phase is Phase.succeeded:
@@ -237,20 +258,31 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
             status.progress.percent = 100
     elif decision.phase is Phase.failed:
         status.completion_time = datetime.now(UTC)
-    kube.patch_custom_status(api, PLURAL, namespace, ftj_name, status.to_wire())
+    after = status.to_wire()
+    if after == before:
+        return  # nothing new: no write, no event
+    kube.patch_custom_status(api, PLURAL, namespace, ftj_name, after)
     if previous != decision.phase:
         event_type = "Warning" if decision.phase is Phase.failed or decision.reason == "Unschedulable" else "Normal"
         kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event_type, reason=decision.reason, message=decision.message)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT})
+# A new Job's first events carry an empty status: nothing to learn from them.
+@kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT}, when=lambda status, **_: bool(status))
 def trainer_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """A trainer Job changed (pod failed, retried, completed): update its FineTuneJob."""
     assert namespace is not None
     sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
 
 
-@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT})
+def _pod_news(status: kopf.Status, **_: Any) -> bool:
+    """Pod events worth a status sync: it runs or ended, or the scheduler cannot place it."""
+    if status.get("phase") not in (None, "Pending"):
+        return True
+    return any(c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
+
+
+@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT}, when=_pod_news)
 def trainer_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """A trainer pod was scheduled, started, or could not be placed: update its FineTuneJob."""
     assert namespace is not None
@@ -264,7 +296,7 @@ def trainer_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo,
     id="progress",
     interval=10.0,
     initial_delay=5.0,
-    when=lambda status, **_: status.get("phase") in (Phase.pending, Phase.training, Phase.exporting),
+    when=lambda status, **_: status.get("phase") in (Phase.training, Phase.exporting),
 )
 def poll_progress(name: str, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Refresh progress from the trainer's log while it trains (log lines raise no watch event)."""
