@@ -69,7 +69,7 @@ def raw_writes(api: client.ApiClient, namespace: str, jobs: int, threads: int) -
         plan = plan_finetune(JobMeta(name, namespace, created["metadata"]["uid"]), spec, ClusterFacts(), settings)
         job = next(o for o in plan.objects if o["kind"] == "Job")
         response = batch.create_namespaced_job(namespace, job, _preload_content=False)
-        response.data  # read to the end: a connection goes back to the pool only when drained
+        response.drain_conn()  # a connection goes back to the pool only when read to the end
         response.release_conn()
         custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": {"phase": "Pending"}}, _content_type=MERGE
