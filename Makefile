@@ -1,12 +1,16 @@
 # The two commands a newcomer runs:
 #   make demo   set up .venv, build (or reuse) the local control plane and run the demo on it
-#   make test   set up .venv and run the whole test suite (what CI runs)
+#   make test   set up .venv, build (or reuse) the native parts, and run the whole test suite (CI runs this)
+#
+# Slow builds are cached under ~/.cache/glmops keyed by version, so a warm machine skips them:
+#   scripts/build-kubernetes.sh  kube-apiserver, -controller-manager, -scheduler, kubectl 1.20.2 (+ etcd from Debian)
+#   scripts/build-llama-cpp.sh   llama-quantize, llama-server and the llama-cpp-python wheel (0.3.36 sdist)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint crds clean
+.PHONY: venv native kubernetes llamacpp demo test test-fast lint crds clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +20,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
+kubernetes:
+	bash scripts/build-kubernetes.sh
+
+llamacpp: venv
+	bash scripts/build-llama-cpp.sh --venv $(VENV)
+
+native: kubernetes llamacpp
+
+demo: venv kubernetes
 	$(PY) -m glmops_dev demo
 
-test: venv
+test: venv native
 	$(PY) -m pytest
+
+# The quick loop: no control plane, no training, no llama.cpp.
+test-fast: venv
+	$(PY) -m pytest -m "not cluster and not slow and not llamacpp"
 
 lint: venv
 	$(VENV)/bin/ruff check operator trainer_image devcluster tests bench
