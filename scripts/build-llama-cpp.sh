@@ -38,6 +38,14 @@ BUILD_TOOLS=1
 log() { printf '[build-llama-cpp] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The compilers come from Debian when a fresh machine lacks them.
+if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
+    log "installing cmake and g++ from Debian"
+    if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cmake g++ make
+fi
+
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --venv) [[ $# -ge 2 ]] || die "--venv needs a path"; VENV="$2"; shift 2 ;;
