@@ -54,6 +54,15 @@ def _objects(spec: FineTuneJobSpec, facts: ClusterFacts = FACTS) -> dict[str, di
     return {o["kind"]: o for o in plan.objects}
 
 
+def _config_text(job: dict[str, Any]) -> str:
+    """The trainer config as the pod sees it: the annotation the downward API mounts as job.json."""
+    pod = job["spec"]["template"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
+    field = volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"]
+    key = field.removeprefix("metadata.annotations['").removesuffix("']")
+    return str(pod["metadata"]["annotations"][key])
+
+
 def _match(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     """The scheduler's node-affinity operators that the planner uses."""
     value = labels.get(expr["key"])
@@ -130,7 +139,7 @@ def test_pod_security_and_argv() -> None:
     assert container["command"] == ["python", "-m", "glmops_trainer", "train", "--config", "/etc/glmops/job.json"]
     assert "args" not in container and all("sh" != part for part in container["command"])
     # The odd source travels as data in the config file, never as a command argument.
-    assert json.loads(objects["ConfigMap"]["data"]["job.json"])["model"]["source"] == "pvc://models/x;rm${IFS}-rf$(id)"
+    assert json.loads(_config_text(objects["Job"]))["model"]["source"] == "pvc://models/x;rm${IFS}-rf$(id)"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
@@ -145,7 +154,7 @@ def test_secrets_are_referenced_never_copied() -> None:
     env = objects["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
     token = next(e for e in env if e["name"] == "HF_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN", "optional": True}
-    assert "hf-token" not in objects["ConfigMap"]["data"]["job.json"]
+    assert "hf-token" not in _config_text(objects["Job"])
 
 
 def test_pvcs_are_mounted_read_only_except_the_output() -> None:
@@ -203,7 +212,7 @@ def test_rendered_trainer_config_is_what_the_trainer_reads() -> None:
         assert config.model.source == spec.model.source
         assert config.training.lora.rank == plan.training.lora_rank
         assert config.job.uid == META.uid
-        on_disk = json.loads({o["kind"]: o for o in plan.objects}["ConfigMap"]["data"]["job.json"])
+        on_disk = json.loads(_config_text({o["kind"]: o for o in plan.objects}["Job"]))
         assert TrainerConfig.model_validate(on_disk) == config
 
 

@@ -41,7 +41,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.posting.level = logging.WARNING
     # Handlers are sync (kubernetes client): give them enough threads to keep up with bursts.
     settings.execution.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="glmops")
-    settings.batching.worker_limit = 64
+    # One worker per object, unlimited: a worker keeps its slot for `idle_timeout` after its last
+    # event, so a cap (we tried 64) turns a burst of new jobs into batches of 64 every 5 s.
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 1.0
     memo.api = _api_client()
     memo.settings = Settings.from_env()
     memo.server_minor = kube.server_minor(memo.api)  # decides multi-node support; fixed for our lifetime

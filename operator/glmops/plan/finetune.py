@@ -25,6 +25,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 FTJ_LABEL = "glmops.io/finetunejob"
 CONFIG_FILE = "job.json"
+CONFIG_ANNOTATION = "glmops.io/trainer-config"  # pod template annotation, mounted as CONFIG_FILE
 RENDEZVOUS_PORT = 29500
 MIN_INDEXED_JOB_MINOR = 24  # Indexed Jobs with stable pod hostnames are GA from 1.24
 CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
@@ -319,15 +320,9 @@ def _labels(meta: JobMeta) -> dict[str, str]:
 def build_trainer_objects(
     meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, config: dict[str, Any], settings: Settings
 ) -> list[dict[str, Any]]:
-    """ConfigMap with the trainer config, the trainer Job, and for several nodes a headless Service."""
+    """The trainer Job (carrying its config), and for several nodes a headless Service first."""
     labels = _labels(meta)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": names.trainer_config_name(meta.name), "namespace": meta.namespace, "labels": labels},
-        "data": {CONFIG_FILE: json.dumps(config, indent=2, sort_keys=True)},
-    }
-    objects: list[dict[str, Any]] = [config_map]
+    objects: list[dict[str, Any]] = []
     multi_node = placement.nodes > 1
     if multi_node:
         objects.append(
@@ -343,7 +338,7 @@ def build_trainer_objects(
                 },
             }
         )
-    objects.append(_trainer_job(meta, spec, placement, settings, labels, multi_node))
+    objects.append(_trainer_job(meta, spec, placement, settings, labels, multi_node, config))
     return objects
 
 
@@ -407,7 +402,14 @@ def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: S
 
 def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": names.trainer_config_name(meta.name)}},
+        # The config travels in the pod template's annotation and reaches the trainer as a file:
+        # immutable with the Job, and no second object to create, own and clean up.
+        {
+            "name": "config",
+            "downwardAPI": {
+                "items": [{"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]
+            },
+        },
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
         {"name": "tmp", "emptyDir": {}},
     ]
@@ -436,6 +438,7 @@ def _trainer_job(
     settings: Settings,
     labels: dict[str, str],
     multi_node: bool,
+    config: dict[str, Any],
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(meta, spec, settings)
     gpus = str(placement.gpus_per_node)
@@ -485,7 +488,10 @@ def _trainer_job(
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.failure_policy.max_retries,
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": {CONFIG_ANNOTATION: json.dumps(config, indent=2, sort_keys=True)}},
+            "spec": pod_spec,
+        },
     }
     if multi_node:
         pod_spec["subdomain"] = names.trainer_service_name(meta.name)

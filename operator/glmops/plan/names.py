@@ -22,11 +22,6 @@ def trainer_job_name(ftj: str) -> str:
     return child_name(ftj, "trainer", max_length=52)
 
 
-def trainer_config_name(ftj: str) -> str:
-    """The ConfigMap that holds the rendered trainer config."""
-    return child_name(ftj, "trainer-config")
-
-
 def trainer_service_name(ftj: str) -> str:
     """The headless Service that gives multi-node trainer pods stable DNS names."""
     return child_name(ftj, "trainer")
