@@ -1,0 +1,76 @@
+"""A valid FineTuneJob gets one trainer Job it owns; its training spec cannot change underneath it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client
+from operator_support import wait_for
+
+GROUP, VERSION, PLURAL = "glmops.io", "v1alpha1", "finetunejobs"
+MERGE = "application/merge-patch+json"
+
+
+def _ftj(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"variant": "flash", "source": "file:///models/glm-4.7-flash"},
+            "dataset": {"source": "file:///data/agent.jsonl"},
+            "training": {"epochs": 1},
+            "output": {"destination": f"file:///out/{name}", "formats": ["adapter"]},
+        },
+    }
+
+
+def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _ftj("immutable"))
+
+    def status() -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable").get("status") or {})
+
+    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    job = json.loads(batch.read_namespaced_job(status()["trainerJob"], namespace, _preload_content=False).data)
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("FineTuneJob", created["metadata"]["uid"], True)
+    assert status()["phase"] == "Pending" and status()["plan"]["gpusPerNode"] == 1
+
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "immutable", {"spec": {"training": {"epochs": 3}}}, _content_type=MERGE
+    )
+
+    def refused() -> dict[str, Any] | None:
+        return next((c for c in status().get("conditions", []) if c["type"] == "Validated" and c["status"] == "False"), None)
+
+    condition = wait_for(refused, 60, "the change to be refused", glmops_operator.log_tail)
+    assert condition["reason"] == "SpecImmutable" and "spec.training" in condition["message"]
+    jobs = batch.list_namespaced_job(namespace, _preload_content=False)
+    assert len(json.loads(jobs.data)["items"]) == 1  # still the one trainer Job, never a second
+
+
+def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    names = [f"restart-{i}" for i in range(5)]
+    for name in names:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _ftj(name))
+        glmops_operator.restart()  # SIGKILL, mid-reconcile for some of them
+    for _ in range(5):
+        glmops_operator.restart()
+
+    def converged() -> bool:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        return all((i.get("status") or {}).get("trainerJob") for i in items) and len(items) == len(names)
+
+    wait_for(converged, 120, "every FineTuneJob to record its trainer Job", glmops_operator.log_tail)
+    jobs = json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+    per_owner: dict[str, int] = {}
+    for job in jobs:
+        for ref in job["metadata"].get("ownerReferences", []):
+            per_owner[ref["name"]] = per_owner.get(ref["name"], 0) + 1
+    assert per_owner == {name: 1 for name in names}
