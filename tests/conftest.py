@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from glmops_dev.agent import NodeAgent, start_agent
 from glmops_dev.binaries import BinariesNotFoundError, ensure_binaries
 from glmops_dev.cluster import ClusterStartError, KubeCluster, wants_existing_cluster
 from glmops_dev.environment import DevEnvironment, start_environment
 from glmops_dev.namespaces import create_namespace, delete_namespace, namespace_name
 
-CLUSTER_FIXTURES = frozenset({"cluster", "namespace", "dev_environment"})
+CLUSTER_FIXTURES = frozenset({"cluster", "namespace", "dev_environment", "node_agent"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,6 +58,16 @@ def dev_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevEnv
 def cluster(dev_environment: DevEnvironment) -> KubeCluster:
     """The session's cluster: ``.kubeconfig``, ``.server``, ``.api_client()``, ``.kubectl(*args)``."""
     return dev_environment.cluster
+
+
+@pytest.fixture(scope="session")
+def node_agent(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
+    """The kubelet stand-in: runs the pods bound to the simulated nodes as local processes."""
+    agent = start_agent(cluster, tmp_path_factory.mktemp("node-agent"), heartbeat_interval_s=5.0)
+    try:
+        yield agent
+    finally:
+        agent.stop()
 
 
 @pytest.fixture

@@ -372,6 +372,9 @@ class LocalCluster(KubeCluster):
             # The loopback address cannot be an Endpoints address, so keep the `kubernetes`
             # Service without endpoints instead of failing to reconcile them every 10 s.
             "--endpoint-reconciler-type=none",
+            # Simulated nodes have unresolvable hostnames; the node agent serves their logs on
+            # 127.0.0.1, their InternalIP (1.20 tries only the first address type it prefers).
+            "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
             "--profiling=false",
             "--v=1",
         ]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from kubernetes.utils import parse_quantity as _parse_quantity
+
 from glmops_dev.binaries import BUILD_RECIPE, K8S_VERSION, BinariesNotFoundError, build_script, find_binaries
 from glmops_dev.cluster import ClusterStartError, ExistingCluster, KubeCluster, LocalCluster
 from glmops_dev.crds import install_crds, strip_cel_rules
@@ -25,7 +27,6 @@ from glmops_dev.nodes import (
     heartbeat,
     profile,
 )
-from kubernetes.utils import parse_quantity as _parse_quantity
 
 T = TypeVar("T")
 
