@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from glmops_trainer.config import DataFormat
 from glmops_trainer.data.conversation import Conversation, Message, SourceRef, TextSample, ToolCall
 from glmops_trainer.data.formats import parse_openai_chat, split_inline_reasoning

@@ -7,13 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from glmops_trainer.config import DataConfig, DataFormat, Thinking
-from glmops_trainer.data import prepare_dataset
-from glmops_trainer.data.collate import PackedCollator, PackedDataset, PaddingCollator, SampleDataset
-from glmops_trainer.data.packing import pack_samples, packing_stats
-from glmops_trainer.data.render import IGNORE_INDEX, RenderedSample
-from glmops_trainer.tiny.models import TinyArch, tiny_config
-from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     PreTrainedModel,
@@ -21,6 +14,14 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+
+from glmops_trainer.config import DataConfig, DataFormat, Thinking
+from glmops_trainer.data import prepare_dataset
+from glmops_trainer.data.collate import PackedCollator, PackedDataset, PaddingCollator, SampleDataset
+from glmops_trainer.data.packing import pack_samples, packing_stats
+from glmops_trainer.data.render import IGNORE_INDEX, RenderedSample
+from glmops_trainer.tiny.models import TinyArch, tiny_config
+from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
 DATASETS = Path(__file__).parent.parent / "data" / "datasets"
 

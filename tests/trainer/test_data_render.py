@@ -9,6 +9,10 @@ from typing import Any
 
 import jinja2
 import pytest
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from transformers import PreTrainedTokenizerFast
+
 from glmops_trainer.config import Thinking
 from glmops_trainer.data.conversation import Conversation, SourceRef, TextSample
 from glmops_trainer.data.formats import parse_alpaca, parse_openai_chat, parse_sharegpt
@@ -16,9 +20,6 @@ from glmops_trainer.data.reader import RawRecord
 from glmops_trainer.data.render import IGNORE_INDEX, ChatRenderer, RenderedSample, RenderError
 from glmops_trainer.llamacpp_src import official_chat_template
 from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from transformers import PreTrainedTokenizerFast
 
 WEATHER_TOOL = {
     "type": "function",

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
 from glmops_trainer import llamacpp_src
 from glmops_trainer.llamacpp_src import LlamaCppSourceError, llama_cpp_source_dir, official_chat_template
 from glmops_trainer.tiny.tokenizer import (
@@ -16,7 +18,6 @@ from glmops_trainer.tiny.tokenizer import (
     build_tiny_tokenizer,
     generation_stop_token_ids,
 )
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 
 @pytest.fixture(scope="module")

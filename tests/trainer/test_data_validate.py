@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from transformers import PreTrainedTokenizerFast
+
 from glmops_trainer.config import DataConfig
 from glmops_trainer.data import DataValidationError, prepare_dataset
 from glmops_trainer.data.issues import IssueKind
 from glmops_trainer.data.validate import load_and_validate
 from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
-from transformers import PreTrainedTokenizerFast
 
 DATA = Path(__file__).parent.parent / "data"
 BAD_AGENTIC = DATA / "datasets" / "bad_agentic.jsonl"
