@@ -130,6 +130,15 @@ def get_job(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
     return _get_or_none(client.BatchV1Api(api).read_namespaced_job, name, namespace)
 
 
+def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
+    """Delete a Job and, in the background, its pods (a gone Job is fine)."""
+    try:
+        _json(client.BatchV1Api(api).delete_namespaced_job, name, namespace, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
 def job_pods(api: client.ApiClient, namespace: str, job_name: str) -> list[Obj]:
     """Pods of a batch/v1 Job, newest first."""
     pods: Obj = _json(client.CoreV1Api(api).list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")

@@ -56,19 +56,33 @@ def _round(value: object) -> float | None:
     return round(float(value), 4) if isinstance(value, (int, float)) else None
 
 
-def artifacts_from_manifest(manifest: dict[str, Any]) -> Artifacts:
-    """status.artifacts from the trainer's artifacts.json (or the copy in its result)."""
-    artifacts = Artifacts(manifest=manifest.get("manifest"))
-    for entry in manifest.get("artifacts", []):
-        fmt = entry.get("format")
-        ref = {"uri": entry["uri"], "size_bytes": entry.get("sizeBytes"), "sha256": entry.get("sha256")}
-        if fmt == "adapter":
-            artifacts.adapter = ArtifactRef(**ref)
-        elif fmt == "merged":
-            artifacts.merged = ArtifactRef(**ref)
-        elif fmt == "gguf" and entry.get("quantization") in Quantization.__members__:
-            artifacts.gguf.append(GgufArtifact(quantization=Quantization(entry["quantization"]), **ref))
-    return artifacts
+def artifacts_from_result(raw: dict[str, Any]) -> Artifacts:
+    """status.artifacts from the `artifacts` object of the trainer's result (docs/trainer.md)."""
+
+    def ref(value: object) -> ArtifactRef | None:
+        if isinstance(value, str):
+            return ArtifactRef(uri=value)
+        if isinstance(value, dict) and isinstance(value.get("uri"), str):
+            return ArtifactRef(uri=value["uri"], size_bytes=value.get("sizeBytes"), sha256=value.get("sha256"))
+        return None
+
+    gguf = [
+        GgufArtifact(
+            quantization=Quantization(entry["quantization"]),
+            uri=entry["uri"],
+            size_bytes=entry.get("sizeBytes"),
+            sha256=entry.get("sha256"),
+        )
+        for entry in raw.get("gguf") or []
+        if isinstance(entry, dict) and entry.get("quantization") in Quantization.__members__ and entry.get("uri")
+    ]
+    manifest = raw.get("manifest")
+    return Artifacts(
+        manifest=manifest if isinstance(manifest, str) else None,
+        adapter=ref(raw.get("adapter")),
+        merged=ref(raw.get("merged")),
+        gguf=gguf,
+    )
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

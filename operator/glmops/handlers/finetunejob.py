@@ -8,6 +8,7 @@ calls go through glmops.kube.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan
 from glmops.plan.status import TrainerObservation, decide_phase
 from glmops.plan.uris import parse_uri
 from glmops.settings import Settings
-from glmops.trainer_protocol import artifacts_from_manifest, last_progress, parse_result
+from glmops.trainer_protocol import artifacts_from_result, last_progress, parse_result
 
 TERMINAL = {Phase.succeeded, Phase.failed, Phase.cancelled}
 IMMUTABLE_SECTIONS = ("model", "dataset", "training")
@@ -226,11 +227,19 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     progress = last_progress(log_text)
     if progress is not None:
         status.progress = progress
-    result = parse_result(_termination_message(pod)) if obs.job_succeeded else None
-    exporting = '"kind": "export"' in log_text or '"kind":"export"' in log_text
-    decision = decide_phase(
-        TrainerObservation(**{**obs.__dict__, "exporting": exporting}), job_spec.spec.failure_policy.max_retries
+    result = parse_result(_termination_message(pod))
+    failed_result = result if result and result.get("status") == "Failed" else {}
+    obs = replace(
+        obs,
+        # The final progress event ends training; what follows is the export.
+        exporting='"kind":"final"' in log_text,
+        trainer_reason=str(failed_result.get("reason") or ""),
+        trainer_message=str(failed_result.get("message") or ""),
     )
+    decision = decide_phase(obs, job_spec.spec.failure_policy.max_retries)
+    if decision.phase is Phase.failed and not obs.job_failed:
+        # A user error fails every retry the same way: stop the Job instead of burning GPU hours.
+        kube.delete_job(api, namespace, status.trainer_job)
     generation = int(body["metadata"].get("generation") or 1)
     previous = status.phase
     status.phase = decision.phase
@@ -251,8 +260,8 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     status.conditions = set_condition(status.conditions, ConditionType.succeeded, top, decision.reason, decision.message, generation)
     if decision.phase is Phase.succeeded:
         status.completion_time = datetime.now(UTC)
-        if result and isinstance(result.get("artifacts"), dict):
-            status.artifacts = artifacts_from_manifest(result["artifacts"])
+        if obs.job_succeeded and result and isinstance(result.get("artifacts"), dict):
+            status.artifacts = artifacts_from_result(result["artifacts"])
         if status.progress is not None and status.progress.total_steps:
             status.progress.step = status.progress.total_steps
             status.progress.percent = 100

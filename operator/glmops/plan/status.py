@@ -20,6 +20,12 @@ class TrainerObservation:
     container_waiting_reason: str = ""  # e.g. ErrImagePull
     container_waiting_message: str = ""
     exporting: bool = False  # the trainer said it finished training and exports now
+    trainer_reason: str = ""  # from the newest failed pod's result: ConfigError, DataError, TrainingError
+    trainer_message: str = ""
+
+
+# The trainer's own verdicts that no retry can change: the spec or the data must be fixed.
+USER_ERRORS = frozenset({"ConfigError", "DataError"})
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,14 @@ def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
     """Which phase the job is in, given its trainer's Job and newest pod."""
     if obs.job_succeeded:
         return PhaseDecision(Phase.succeeded, "Completed", "training and export finished; artifacts are recorded in status")
+    if obs.trainer_reason in USER_ERRORS:
+        return PhaseDecision(
+            Phase.failed,
+            obs.trainer_reason,
+            f"{obs.trainer_message}; fix spec.dataset or spec.training and create a new FineTuneJob (retrying cannot help)",
+        )
     if obs.job_failed:
-        detail = obs.job_failure_message or "the trainer failed"
+        detail = obs.trainer_message or obs.job_failure_message or "the trainer failed"
         return PhaseDecision(
             Phase.failed,
             "RetriesExhausted",
