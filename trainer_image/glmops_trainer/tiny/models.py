@@ -44,6 +44,24 @@ TinyArch = Literal["glm4_moe", "glm4_moe_lite"]
 _GLM_ADDED_TOKEN_COUNT = 36
 
 
+SMALL_CPU_OVERRIDES: dict[str, dict[str, Any]] = {
+    # Smaller than the defaults so a CPU training step stays short, still multiples of 64 so the
+    # routed experts can be stored in NF4. initializer_range 0.1: LoRA never trains the frozen
+    # random lm_head, and at 0.02 its logits are too flat for any adapter to make a confident
+    # prediction.
+    "glm4_moe": {
+        "initializer_range": 0.1, "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 128,
+        "num_hidden_layers": 2, "head_dim": 32,
+    },
+    "glm4_moe_lite": {
+        "initializer_range": 0.1, "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 128,
+        "num_hidden_layers": 2, "q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 32, "v_head_dim": 32,
+    },
+}  # fmt: skip
+"""Config overrides for the smallest models that still train meaningfully on a CPU (tests, demo)."""
+
+
 def tiny_config(arch: TinyArch, vocab_size: int = 2048, **overrides: Any) -> PretrainedConfig:
     """A small config of the real architecture `arch`; keyword overrides replace any field."""
     if arch == "glm4_moe":

@@ -1,0 +1,455 @@
+"""The training recipe: one config in, a trained LoRA adapter (and its artifacts) out.
+
+    python -m glmops_trainer train --config /etc/glmops/job.json
+
+`main(config)` reads top to bottom: resolve the sources, load the tokenizer, prepare the data
+(validated before any model is loaded, so a bad dataset fails in seconds), load the base model
+(NF4 for QLoRA), attach LoRA, train with transformers' `Trainer` on packed rows, save the adapter,
+export what `output.formats` asks for, draw the loss curve and write the result. Output layout
+under `output.destination`:
+
+    checkpoints/checkpoint-<step>/   resumable checkpoints (COMPLETE marker written last)
+    adapter/                         the trained LoRA adapter (peft format) and the tokenizer
+    progress.jsonl                   every progress event, across restarts
+    loss_curve.png                   train/eval loss against the step
+    result.json                      the final result (also written to runtime.result_file)
+    merged/, gguf/, artifacts.json   from the export step, when asked for
+
+Under torchrun every rank runs this same function; only rank 0 writes progress, checkpoint
+markers, the plot, the export and the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    SchedulerType,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as TqdmCallback
+
+from glmops_trainer.checkpoints import (
+    CheckpointMarkerCallback,
+    find_resumable_checkpoint,
+    remove_unusable_checkpoints,
+)
+from glmops_trainer.config import OutputFormat, TrainerConfig
+from glmops_trainer.data import DataValidationError, PreparedData, prepare_dataset
+from glmops_trainer.model.load import ArchitectureError, load_base_model
+from glmops_trainer.model.sources import ModelSourceError, parse_model_source, resolve_model_source
+from glmops_trainer.model.targets import LoraTargetError, apply_lora
+from glmops_trainer.packed_attention import register_packed_attention
+from glmops_trainer.plot import plot_loss_curve
+from glmops_trainer.progress import (
+    ProgressCallback,
+    ProgressReporter,
+    TrainResult,
+    read_loss_history,
+    write_result,
+)
+
+log = logging.getLogger("glmops_trainer")
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+PROGRESS_FILE = "progress.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+MODEL_CACHE_DIR = ".model-cache"
+"""Under the output folder: hf:// and s3:// models are fetched here, so a restarted pod finds them again."""
+
+
+class ConfigError(ValueError):
+    """A config value the schema accepts but this run cannot use; the message names the field and the fix."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    ValidationError,
+    DataValidationError,
+    ModelSourceError,
+    ArchitectureError,
+    LoraTargetError,
+)
+"""Failures the user fixes in the FineTuneJob or the data (exit code 2)."""
+
+
+def failure_reason(exc: BaseException) -> str:
+    """`DataError` for problems in the dataset, `ConfigError` for the other user errors."""
+    return "DataError" if isinstance(exc, DataValidationError) else "ConfigError"
+
+
+# ---- where things are -------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (and in a plain single-process run)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def local_location(uri: str, pvc_mount_root: str, field: str) -> Path:
+    """The pod-local path of a file:// or pvc:// URI; other schemes raise ConfigError naming `field`."""
+    if uri.startswith("file://"):
+        path = uri[len("file://") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"{field}: {uri!r} must be absolute: file:///PATH (three slashes)")
+        return Path(path)
+    if uri.startswith("pvc://"):
+        claim_and_path = uri[len("pvc://") :].strip("/")
+        if not claim_and_path or ".." in Path(claim_and_path).parts:
+            raise ConfigError(f"{field}: {uri!r} must be pvc://CLAIM/PATH without '..'")
+        return Path(pvc_mount_root) / claim_and_path
+    raise ConfigError(
+        f"{field}: {uri!r}: only file:// and pvc:// are supported here; copy the data to a PVC and use pvc://CLAIM/PATH"
+    )
+
+
+def local_output_dir(config: TrainerConfig) -> Path | None:
+    """The local output folder of `config`, or None when the destination is not a local location."""
+    try:
+        return local_location(config.output.destination, config.runtime.pvc_mount_root, "output.destination")
+    except ConfigError:
+        return None
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Local places of everything the run reads and writes."""
+
+    model_dir: Path
+    data_file: Path
+    output_dir: Path
+
+
+def resolve_sources(config: TrainerConfig) -> Sources:
+    """Turn the config's URIs into local paths, fetching a remote model once (rank 0 first)."""
+    output_dir = local_location(config.output.destination, config.runtime.pvc_mount_root, "output.destination")
+    data_file = local_location(config.data.source, config.runtime.pvc_mount_root, "dataset.source")
+    if not data_file.is_file():
+        raise ConfigError(f"dataset.source: {config.data.source!r} is not a file (looked at {data_file}); check the path")
+    parse_model_source(config.model.source, "model.source")
+    from accelerate import PartialState  # type: ignore[import-untyped]
+
+    # Under torchrun only one process downloads; the others then find the files in the cache.
+    with PartialState().main_process_first():
+        model_dir = resolve_model_source(
+            config.model.source,
+            pvc_mount_root=config.runtime.pvc_mount_root,
+            cache_dir=output_dir / MODEL_CACHE_DIR,
+            hf_token_env=config.runtime.hf_token_env,
+            field="model.source",
+        )
+    return Sources(model_dir=model_dir, data_file=data_file, output_dir=output_dir)
+
+
+def check_semantics(config: TrainerConfig) -> None:
+    """Reject config values the schema cannot check (scheduler names, export without the exporter)."""
+    try:
+        SchedulerType(config.training.lr_scheduler)
+    except ValueError:
+        names = ", ".join(s.value for s in SchedulerType)
+        raise ConfigError(
+            f"training.lr_scheduler: {config.training.lr_scheduler!r} is not a transformers scheduler; use one of {names}"
+        ) from None
+    if set(config.output.formats) - {OutputFormat.adapter}:
+        try:
+            import glmops_trainer.export  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                f"output.formats: {[f.value for f in config.output.formats]} needs the export step, which this "
+                f"trainer image lacks ({exc}); ask for [adapter] only or use an image with glmops_trainer.export"
+            ) from None
+
+
+# ---- tokens ------------------------------------------------------------------------------------
+
+
+def count_real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> torch.Tensor:
+    """Tokens of a batch that are not padding (a 0-d tensor on the batch's device).
+
+    Padded batches carry an attention_mask. Packed rows carry none (it would switch off
+    transformers' packed-sequence masking); their padding is the row's last position_ids
+    segment when that segment starts with the pad token, since every real sample starts with
+    `[gMASK]`.
+    """
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    input_ids = batch["input_ids"]
+    total = torch.tensor(input_ids.numel(), device=input_ids.device)
+    if "position_ids" not in batch or pad_token_id is None:
+        return total
+    positions = batch["position_ids"].expand_as(input_ids)
+    length = input_ids.shape[-1]
+    index = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+    last_start = torch.where(positions == 0, index, torch.zeros_like(index)).max(dim=-1).values
+    starts_with_pad = input_ids.gather(-1, last_start.unsqueeze(-1)).squeeze(-1) == pad_token_id
+    padding = torch.where(starts_with_pad, length - last_start, torch.zeros_like(last_start))
+    return total - padding.sum()
+
+
+class PackedTrainer(Trainer):
+    """transformers' Trainer that counts real (non-padding) tokens into `state.num_input_tokens_seen`.
+
+    Trainer's own counter uses the pad token id when there is no attention_mask, which miscounts
+    packed rows whose samples end with the eos token that also serves as pad.
+    """
+
+    def __init__(self, *args: Any, pad_token_id: int | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pad_token_id = pad_token_id
+        self._pending_tokens: torch.Tensor | None = None
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        # Kept on the device and summed over ranks only when logging: no extra sync per micro-batch.
+        count = count_real_tokens(inputs, self._pad_token_id).detach().to(self.args.device, torch.int64)
+        self._pending_tokens = count if self._pending_tokens is None else self._pending_tokens + count
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Every rank logs at the same steps, so the gather below is a matched collective.
+        if self._pending_tokens is not None:
+            total = self.accelerator.gather(self._pending_tokens.reshape(1)).sum().item()
+            self.state.num_input_tokens_seen += int(total)
+            self._pending_tokens = None
+        super().log(logs, start_time)
+
+
+# ---- the recipe --------------------------------------------------------------------------------
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """The base model's own tokenizer (with its chat template), from the model folder."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"model.source: the tokenizer in {model_dir} has no chat template; use a GLM-4.7 checkpoint with its "
+            "tokenizer_config.json or chat_template.jinja"
+        )
+    return tokenizer
+
+
+def compute_dtype(config: TrainerConfig) -> torch.dtype:
+    """bf16 when asked for and the GPU supports it; float32 otherwise (CPU bf16 matmuls are slow)."""
+    if config.training.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def keep_4bit_layers_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference during evaluation; returns layers changed.
+
+    On CPUs with AVX512-BF16, `Linear4bit` repacks its weight into an inference-only layout on its
+    first no-grad forward in eval mode and keeps it, so the training steps after the first
+    evaluation would run an inference kernel (wrong gradients; under DDP an in-place error).
+    """
+    from bitsandbytes.nn.modules import Linear4bit
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def use_packed_attention(model: Any) -> str:
+    """Switch sdpa/eager attention to per-sample attention for packed rows; flash attention stays (it is varlen)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    current = str(base.config._attn_implementation)
+    if current.startswith("flash_attention"):
+        return current
+    name = register_packed_attention()
+    base.set_attn_implementation(name)
+    return name
+
+
+def training_arguments(config: TrainerConfig, checkpoints_dir: Path, has_eval: bool) -> TrainingArguments:
+    """transformers' TrainingArguments for this config: steps-based logging, checkpoints and evaluation."""
+    t = config.training
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a share of the total steps
+        weight_decay=t.weight_decay,
+        optim="adamw_torch",
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=compute_dtype(config) == torch.bfloat16,
+        # load_base_model already switched it on (non-reentrant, as peft needs); Trainer must not redo it.
+        gradient_checkpointing=False,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.checkpoint_every,
+        # Rotation is CheckpointMarkerCallback's: Trainer's would delete before the new one is marked.
+        save_total_limit=None,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.checkpoint_every if has_eval else None,
+        label_names=["labels"],
+        remove_unused_columns=False,  # the packed rows carry position_ids, which the peft wrapper hides
+        include_num_input_tokens_seen="no",  # counted by PackedTrainer
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def save_adapter(trainer: Trainer, adapter_dir: Path) -> Path:
+    """Save the adapter (and tokenizer) under a temporary name, then move it into place."""
+    staging = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
+    if trainer.is_world_process_zero() and staging.exists():
+        shutil.rmtree(staging)
+    trainer.save_model(str(staging))  # every rank calls it; only rank 0 writes (FSDP gathers first)
+    if trainer.is_world_process_zero():
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        staging.rename(adapter_dir)
+    return adapter_dir
+
+
+def export_artifacts(config: TrainerConfig, model_dir: Path, adapter_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """Run the export step for `config.output.formats`; {} when only the adapter is asked for and no exporter exists."""
+    try:
+        from glmops_trainer.export.pipeline import export_artifacts as run_export_step
+    except ImportError:
+        if set(config.output.formats) - {OutputFormat.adapter}:
+            raise  # check_semantics reported this before training; reaching here is a broken image
+        return {}
+    return run_export_step(config, model_dir, adapter_dir, output_dir)
+
+
+def main(config: TrainerConfig) -> TrainResult:
+    """Fine-tune the model of `config` on its dataset and write adapter, artifacts and result."""
+    started = time.monotonic()
+    main_process = is_main_process()
+    check_semantics(config)
+
+    # 1. Where everything is.
+    sources = resolve_sources(config)
+    out = sources.output_dir
+    checkpoints_dir = out / CHECKPOINTS_DIR
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # 2. Tokenizer, then the data: a bad dataset fails here, before minutes of model loading.
+    tokenizer = load_tokenizer(sources.model_dir)
+    data: PreparedData = prepare_dataset(
+        sources.data_file, config.data, tokenizer, config.training.sequence_length, config.training.seed
+    )
+    log.info("data: %s", data.stats.describe())
+    if data.report.invalid:
+        log.warning("skipping %d invalid samples:\n%s", data.report.invalid, data.report.format())
+
+    # 3. Model and LoRA.
+    set_seed(config.training.seed)
+    base_model = load_base_model(
+        sources.model_dir,
+        config.model.variant,
+        config.training.method,
+        gradient_checkpointing=config.training.gradient_checkpointing,
+        compute_dtype=compute_dtype(config),
+    )
+    model = apply_lora(base_model, config.training.lora, config.model.variant)
+    keep_4bit_layers_trainable(model)
+    if config.data.packing:
+        log.info("attention over packed rows: %s", use_packed_attention(model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: %s with %d trainable LoRA parameters", config.training.method.value, trainable)
+
+    # 4. Resume from the newest complete checkpoint, if any.
+    resume = find_resumable_checkpoint(checkpoints_dir, config.job.uid)
+    if main_process:
+        for removed in remove_unusable_checkpoints(checkpoints_dir, resume):
+            log.warning("removed unusable checkpoint %s", removed)
+    if resume is not None:
+        log.info("resuming from %s (step %d)", resume.path, resume.step)
+
+    # 5. Train.
+    reporter = ProgressReporter(
+        config.runtime.progress_interval_seconds, out / PROGRESS_FILE if main_process else None
+    )
+    progress = ProgressCallback(reporter)
+    trainer = PackedTrainer(
+        model=model,
+        args=training_arguments(config, checkpoints_dir, has_eval=data.eval is not None),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=data.collator,
+        processing_class=tokenizer,
+        callbacks=[CheckpointMarkerCallback(config.training.keep_checkpoints, config.job.uid), progress],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # The progress lines replace Trainer's printed dicts and tqdm bars in the pod log.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(TqdmCallback)
+    trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
+
+    # 6. Adapter, artifacts, loss curve, result.
+    adapter_dir = save_adapter(trainer, out / ADAPTER_DIR)
+    final = progress.last_event
+    result = TrainResult(
+        status="Succeeded",
+        step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        train_loss=final.loss if final else None,
+        eval_loss=final.eval_loss if final else None,
+        tokens_per_second=final.tokens_per_second if final else None,
+        resumed_from_step=resume.step if resume is not None else None,
+        output_uri=config.output.destination,
+        artifacts={"adapter": _join_uri(config.output.destination, ADAPTER_DIR)},
+    )
+    if not main_process:
+        return result
+    manifest = export_artifacts(config, sources.model_dir, adapter_dir, out)
+    if manifest:
+        result.artifacts["manifest"] = _join_uri(config.output.destination, "artifacts.json")
+        result.artifacts.update(_artifact_summary(manifest, config.output.destination))
+    history = read_loss_history(out / PROGRESS_FILE)
+    if history.train:
+        plot_loss_curve(history, out / LOSS_CURVE_FILE, title=config.job.name)
+        result.artifacts["lossCurve"] = _join_uri(config.output.destination, LOSS_CURVE_FILE)
+    result.runtime_seconds = time.monotonic() - started
+    write_result(result, Path(config.runtime.result_file), out)
+    return result
+
+
+def _join_uri(base: str, relative: str) -> str:
+    return base.rstrip("/") + "/" + relative
+
+
+def _artifact_summary(manifest: dict[str, Any], destination: str) -> dict[str, Any]:
+    """The export manifest in the shape of FineTuneJob status.artifacts (merged folder, one entry per GGUF)."""
+    summary: dict[str, Any] = {}
+    for artifact in manifest.get("artifacts", []):
+        if not isinstance(artifact, dict):
+            continue
+        if artifact.get("format") == "merged":
+            summary["merged"] = _join_uri(destination, "merged")
+        elif artifact.get("format") == "gguf":
+            summary.setdefault("gguf", []).append(
+                {k: artifact.get(k) for k in ("quantization", "uri", "sizeBytes", "sha256")}
+            )
+    return summary
