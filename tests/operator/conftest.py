@@ -13,7 +13,11 @@ from glmops_dev.cluster import KubeCluster
 @pytest.fixture(scope="session")
 def glmops_operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """One operator for the session (tests that restart it put it back running)."""
-    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), env={"GLMOPS_TRAINER_IMAGE": "ghcr.io/glmops/trainer:test"})
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), env={
+            "GLMOPS_TRAINER_IMAGE": "ghcr.io/glmops/trainer:test",
+            # The trainer pods run on this machine's CPU, offline, beside the test suite.
+            "GLMOPS_EXTRA_TRAINER_ENV": "CUDA_VISIBLE_DEVICES=,HF_HUB_OFFLINE=1,OMP_NUM_THREADS=2",
+        })
     op.start()
     try:
         yield op

@@ -304,7 +304,16 @@ def container_env(
 
 
 def base_env(pod: Mapping[str, Any], python_bin_dir: str, home: str) -> dict[str, str]:
-    """What an image would provide: ``PATH`` (the project's Python first), ``HOME``, ``HOSTNAME``."""
+    """What an image would provide: ``PATH`` (the project's Python first), ``HOME``, ``HOSTNAME``,
+    and ``GLMOPS_CACHE_DIR``: the trainer image bakes llama.cpp's tools in; here they are in the
+    agent's cache, which a pod's own ``HOME`` (often an emptyDir) would otherwise hide."""
+    from glmops_trainer.llamacpp_src import CACHE_ENV, cache_root
+
     spec = pod.get("spec") or {}
     hostname = str(spec.get("hostname") or pod["metadata"]["name"])[:63]
-    return {"PATH": f"{python_bin_dir}:{DEFAULT_PATH_TAIL}", "HOME": home, "HOSTNAME": hostname}
+    return {
+        "PATH": f"{python_bin_dir}:{DEFAULT_PATH_TAIL}",
+        "HOME": home,
+        "HOSTNAME": hostname,
+        CACHE_ENV: str(cache_root()),
+    }
