@@ -2,7 +2,7 @@
 
 python -m glmops_dev build                 build (or reuse) the control plane's binaries
 python -m glmops_dev up [--state-dir DIR]  start cluster + GPU nodes + CRDs until Ctrl-C
-python -m glmops_dev demo                  `up`, then apply examples/ and show the resources
+python -m glmops_dev demo                  `up`, node agent, operator; examples/ validated; a tiny Flash job run end to end
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -29,13 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, text in (
         ("up", "start the local cluster with GPU nodes and CRDs; runs until Ctrl-C"),
-        ("demo", "like up, then apply examples/ and show FineTuneJobs and ModelDeployments"),
+        ("demo", "like up, plus node agent and operator: examples/ validated, a tiny Flash FineTuneJob run end to end"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
             "--state-dir", type=Path, help="folder for certificates, logs and etcd data (default: temp)"
         )
         sub.add_argument("--keep-state", action="store_true", help="keep the state folder after exit")
+        sub.add_argument("--exit", action="store_true", help="stop and clean up when done instead of running on")
         sub.add_argument(
             "--use-existing",
             action="store_true",
@@ -94,6 +96,7 @@ def _run_until_interrupted() -> None:
 
 def _up(args: argparse.Namespace, demo: bool) -> int:
     _stop_on_sigterm()
+    stoppers: list[Callable[[], None]] = []
     try:
         env = start_environment(
             args.state_dir,
@@ -108,11 +111,17 @@ def _up(args: argparse.Namespace, demo: bool) -> int:
         _print_connection(env)
         if demo:
             print()
-            apply_examples(env.cluster, repo_root() / "examples")
-        _run_until_interrupted()
+            from glmops_dev.demo import run_demo
+
+            agent, operator = run_demo(env.cluster, repo_root() / ".state" / "demo-run", apply_examples)
+            stoppers.extend([agent.stop, operator.stop])
+        if not getattr(args, "exit", False):
+            _run_until_interrupted()
     except KeyboardInterrupt:
         print("\nStopping...", file=sys.stderr)
     finally:
+        for stop in reversed(stoppers):
+            stop()
         env.close()
     return 0
 
