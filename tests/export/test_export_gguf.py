@@ -30,8 +30,8 @@ from glmops_trainer.config import TrainerConfig
 from glmops_trainer.export import export_after_training
 from glmops_trainer.export.gguf import convert_to_gguf, gguf_module, read_gguf_metadata
 from glmops_trainer.export.llamacpp_build import LlamaCppToolError, ensure_tools
-from glmops_trainer.export.publish import sha256_file
 from glmops_trainer.export.quantize import QUANTIZATIONS
+from glmops_trainer.fsutil import sha256_file
 from glmops_trainer.llamacpp_src import official_chat_template
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]

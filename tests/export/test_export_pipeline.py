@@ -15,7 +15,8 @@ from tinyexport import build_base, make_adapter
 
 from glmops_trainer.config import TrainerConfig
 from glmops_trainer.export import export_after_training, run_export
-from glmops_trainer.export.publish import JOURNAL_NAME, MANIFEST_NAME, TMP_MARKER, read_manifest, sha256_file
+from glmops_trainer.export.publish import JOURNAL_NAME, MANIFEST_NAME, TMP_MARKER, read_manifest
+from glmops_trainer.fsutil import sha256_file
 
 
 def _config(

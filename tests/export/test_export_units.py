@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from glmops_trainer.export.convert_entry import GLM_PRE_TYPE, _install_glm_pre_tokenizer_fallback
 from glmops_trainer.export.llamacpp_build import build_script, cached_build_dir
-from glmops_trainer.export.publish import sha256_file
 from glmops_trainer.export.safetensors_stream import StreamingSafetensorsWriter, TensorSpec
+from glmops_trainer.fsutil import sha256_file
 
 
 def test_streamed_file_reads_back_with_the_safetensors_library(tmp_path: Path) -> None:

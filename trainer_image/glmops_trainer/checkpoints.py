@@ -12,7 +12,6 @@ complete checkpoint before the new one is marked, leaving a window with none).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from glmops_trainer.fsutil import fsync_dir, sha256_file
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -33,7 +34,6 @@ COMPLETE_MARKER = "COMPLETE"
 MARKER_FORMAT_VERSION = 1
 
 _CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
-_HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,6 @@ def scan_checkpoints(checkpoints_dir: Path) -> list[CheckpointDir]:
     return sorted(found, key=lambda c: c.step)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checkpoint_files(directory: Path) -> list[Path]:
     return sorted(
         p for p in directory.rglob("*") if p.is_file() and p.name not in (COMPLETE_MARKER, COMPLETE_MARKER + ".tmp")
@@ -86,7 +78,7 @@ def write_complete_marker(directory: Path, step: int, job_uid: str = "") -> Path
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist, cannot mark it complete")
     files = [
-        {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
+        {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in _checkpoint_files(directory)
     ]
     if not files:
@@ -98,22 +90,8 @@ def write_complete_marker(directory: Path, step: int, job_uid: str = "") -> Path
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, directory / COMPLETE_MARKER)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return directory / COMPLETE_MARKER
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is; some filesystems refuse O_RDONLY on dirs.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def verify_checkpoint(directory: Path, job_uid: str = "", check_hashes: bool = True) -> str | None:
@@ -135,7 +113,7 @@ def verify_checkpoint(directory: Path, job_uid: str = "", check_hashes: bool = T
             return f"{entry['path']} is missing"
         if path.stat().st_size != int(entry["size"]):
             return f"{entry['path']} has {path.stat().st_size} bytes, the marker says {entry['size']}"
-        if check_hashes and _sha256(path) != entry["sha256"]:
+        if check_hashes and sha256_file(path) != entry["sha256"]:
             return f"{entry['path']} does not match its sha256 in the marker"
     return None
 

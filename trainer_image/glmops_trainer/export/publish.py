@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from glmops_trainer.fsutil import fsync_dir, sha256_file
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "artifacts.json"
@@ -32,7 +34,6 @@ TMP_MARKER = ".glmops-tmp"
 MANIFEST_VERSION = 1
 
 ArtifactFormat = Literal["adapter", "merged", "gguf", "modelfile"]
-_HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -67,29 +68,6 @@ class Artifact:
             "quantization": self.quantization,
             "baseModel": self.base_model,
         }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename inside `directory` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def tmp_path_for(final: Path) -> Path:
