@@ -74,3 +74,21 @@ def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmop
         for ref in job["metadata"].get("ownerReferences", []):
             per_owner[ref["name"]] = per_owner.get(ref["name"], 0) + 1
     assert per_owner == {name: 1 for name in names}
+
+
+def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom = client.CustomObjectsApi(api)
+    doc = _ftj("unplaceable")
+    doc["spec"]["resources"] = {"nodeSelector": {"pool": "reserved-for-another-team"}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+
+    def scheduled_false() -> dict[str, Any] | None:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "unplaceable").get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Scheduled" and c["status"] == "False"), None)
+
+    condition = wait_for(scheduled_false, 60, "the scheduler's reason in status", glmops_operator.log_tail)
+    assert condition["reason"] == "Unschedulable"
+    assert "nodes are available" in condition["message"] and "spec.resources" in condition["message"]
+    events = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector="involvedObject.name=unplaceable").items
+    assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
