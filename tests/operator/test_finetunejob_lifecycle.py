@@ -90,5 +90,8 @@ def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_op
     condition = wait_for(scheduled_false, 60, "the scheduler's reason in status", glmops_operator.log_tail)
     assert condition["reason"] == "Unschedulable"
     assert "nodes are available" in condition["message"] and "spec.resources" in condition["message"]
-    events = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector="involvedObject.name=unplaceable").items
-    assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
+    def warned() -> bool:
+        events = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector="involvedObject.name=unplaceable").items
+        return any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
+
+    wait_for(warned, 30, "a Warning event saying why", glmops_operator.log_tail)  # kopf posts events in the background

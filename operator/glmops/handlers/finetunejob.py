@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from glmops import kube
 from glmops.api.common import GROUP, VERSION, ConditionStatus
 from glmops.api.finetunejob import PLURAL, FineTuneJob, FineTuneJobStatus, Phase, Plan
-from glmops.conditions import ConditionType, Reason, set_condition
+from glmops.conditions import ConditionType, Reason, find_condition, set_condition
 from glmops.plan import names
 from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
 from glmops.plan.status import TrainerObservation, decide_phase
@@ -241,7 +241,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
         # A user error fails every retry the same way: stop the Job instead of burning GPU hours.
         kube.delete_job(api, namespace, status.trainer_job)
     generation = int(body["metadata"].get("generation") or 1)
-    previous = status.phase
+    previous = find_condition(status.conditions, ConditionType.succeeded)
     status.phase = decision.phase
     status.retries = obs.failed_pods
     if decision.phase is Phase.training and status.start_time is None:
@@ -271,7 +271,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     if after == before:
         return  # nothing new: no write, no event
     kube.patch_custom_status(api, PLURAL, namespace, ftj_name, after)
-    if previous != decision.phase:
+    if previous is None or previous.reason != decision.reason:  # a transition: new phase or new reason
         event_type = "Warning" if decision.phase is Phase.failed or decision.reason == "Unschedulable" else "Normal"
         kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event_type, reason=decision.reason, message=decision.message)
 
