@@ -52,6 +52,16 @@ def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster
     jobs = batch.list_namespaced_job(namespace, _preload_content=False)
     assert len(json.loads(jobs.data)["items"]) == 1  # still the one trainer Job, never a second
 
+    # Deleting the FineTuneJob removes what it owns (the garbage collector follows ownerReferences).
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable")
+
+    def trainer_gone() -> bool:
+        remaining = json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+        pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="glmops.io/finetunejob=immutable").items
+        return not remaining and all(p.metadata.deletion_timestamp for p in pods)
+
+    wait_for(trainer_gone, 90, "the trainer Job and its pods to be deleted with the FineTuneJob", glmops_operator.log_tail)
+
 
 def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmops_operator, namespace: str) -> None:
     api = cluster.api_client()
