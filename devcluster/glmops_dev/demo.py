@@ -128,7 +128,6 @@ def run_demo(cluster: KubeCluster, state_dir: Path, apply_examples: Any) -> tupl
     ).stdout
     print(failed)
 
-    # The pod sees /tmp as its own emptyDir, so the model and outputs live under the repo.
     workdir = repo_root() / ".state" / "demo"
     print(f"Building a tiny GLM-4.7-Flash-architecture model in {workdir} ...", flush=True)
     model_dir = _build_tiny_flash(workdir)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    """A folder the trainer pod can see: not under /tmp, which the pod gets as its own emptyDir."""
+    """A folder for the tiny model and the outputs, which the trainer pod reads and writes by file:// URI."""
     path = REPO / ".state" / f"e2e-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     try:

@@ -25,6 +25,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 FTJ_LABEL = "glmops.io/finetunejob"
 CONFIG_FILE = "job.json"
+SCRATCH_DIR = "/scratch"  # writable emptyDir (HOME, TMPDIR); a dedicated path shadows nothing of the image
 CONFIG_ANNOTATION = "glmops.io/trainer-config"  # pod template annotation, mounted as CONFIG_FILE
 RENDEZVOUS_PORT = 29500
 MIN_INDEXED_JOB_MINOR = 24  # Indexed Jobs with stable pod hostnames are GA from 1.24
@@ -375,8 +376,10 @@ def _node_affinity(spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any
 
 def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/hf"},
+        # The root filesystem is read-only; everything writable is under the scratch emptyDir.
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "GLMOPS_JOB", "value": meta.name},
     ]
@@ -411,12 +414,12 @@ def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[
             },
         },
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": settings.config_mount_dir, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only
     for field_path, uri in _pvc_uris(spec):
