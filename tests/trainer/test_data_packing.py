@@ -112,14 +112,15 @@ def test_prepare_dataset_splits_packs_and_reports(tokenizer: PreTrainedTokenizer
     prepared = prepare_dataset(DATASETS / "agentic_small.jsonl", cfg, tokenizer, sequence_length=1024, seed=7)
     stats = prepared.stats
     assert stats.data_format is DataFormat.openai_chat
-    assert (stats.train_samples, stats.eval_samples) == (18, 6)
+    samples = sum(1 for line in (DATASETS / "agentic_small.jsonl").read_text().splitlines() if line.strip())
+    assert stats.train_samples + stats.eval_samples == samples and stats.eval_samples == round(samples * 0.25)
     assert prepared.eval is not None and len(prepared.eval) == stats.eval_rows
     assert len(prepared.train) == stats.train_rows < stats.train_samples
     assert stats.packing_efficiency is not None and 0.5 < stats.packing_efficiency <= 1.0
     item = prepared.train[0]
     assert set(item) == {"input_ids", "labels", "position_ids"} and len(item["input_ids"]) == 1024
     assert 0 < stats.train_label_tokens < stats.train_tokens
-    assert "18 train / 6 eval samples" in stats.describe()
+    assert f"{stats.train_samples} train / {stats.eval_samples} eval samples" in stats.describe()
     again = prepare_dataset(DATASETS / "agentic_small.jsonl", cfg, tokenizer, sequence_length=1024, seed=7)
     assert again.train[0] == item  # the seed fixes split and order
 

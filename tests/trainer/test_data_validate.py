@@ -123,15 +123,16 @@ def test_training_stops_before_the_model_when_too_many_samples_are_invalid(
 def test_invalid_samples_under_the_threshold_are_dropped(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     path = tmp_path / "mostly_good.jsonl"
     good = (DATA / "datasets" / "agentic_small.jsonl").read_text(encoding="utf-8")
+    samples = sum(1 for line in good.splitlines() if line.strip())
     path.write_text(good + '{"messages": []}\n', encoding="utf-8")
     prepared = prepare_dataset(
         path, DataConfig(source="file:///d", max_error_fraction=0.05, validation_split=0.0), tokenizer, 1024, seed=0
     )
-    assert (prepared.report.valid, prepared.report.invalid) == (24, 1)
+    assert (prepared.report.valid, prepared.report.invalid) == (samples, 1)
     assert [str(issue) for issue in prepared.report.issues] == [
-        "mostly_good.jsonl:25: messages: messages is empty (add the conversation's messages)"
+        f"mostly_good.jsonl:{samples + 1}: messages: messages is empty (add the conversation's messages)"
     ]
-    assert prepared.stats.train_samples == 24
+    assert prepared.stats.train_samples == samples
 
 
 def test_an_empty_file_has_nothing_to_train_on(tmp_path: Path) -> None:
