@@ -273,9 +273,11 @@ def test_launcher_binds_volumes_even_over_the_folder_their_sources_live_in(tmp_p
         f"try:\n    open('{target}/new', 'w')\nexcept OSError as e:\n    ro = e.errno\n"
         "open('/dev/termination-log', 'w').write(f'ro={ro} cwd={os.getcwd()}')\n"
     )
+    # An interpreter outside /tmp: the checkout (and its venv) may itself live under /tmp.
+    interpreter = Path(sys.executable) if not sys.executable.startswith("/tmp/") else Path("/usr/bin/python3")
     spec = LaunchSpec(
-        argv=["python", "-c", code],
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        argv=[interpreter.name, "-c", code],
+        env={"PATH": f"{interpreter.parent}:/usr/bin:/bin"},
         cwd=tmp_path / "work",
         log_path=tmp_path / "c.log",
         binds=[
@@ -600,9 +602,9 @@ def test_config_map_secret_empty_dir_and_pvc_volumes_appear_at_their_mount_paths
     writer_code = (
         "import json, os, stat\n"
         "mode = stat.S_IMODE(os.stat('/mnt/secrets/hf/token').st_mode)\n"
-        "open('/tmp/scratch', 'w').write('x')\n"
+        "open('/scratch/file', 'w').write('x')\n"
         "data = {'config': open('/etc/glmops/job.json').read(), 'secret': open('/mnt/secrets/hf/token').read(),\n"
-        "        'secret_mode': oct(mode), 'tmp': os.listdir('/tmp'), 'shm': os.path.isdir('/dev/shm')}\n"
+        "        'secret_mode': oct(mode), 'tmp': os.listdir('/scratch'), 'shm': os.path.isdir('/dev/shm')}\n"
         "json.dump(data, open('/mnt/pvc/work/from-first-pod.json', 'w'))\n"
         "open('/dev/termination-log', 'w').write(json.dumps(data))\n"
     )
@@ -617,7 +619,7 @@ def test_config_map_secret_empty_dir_and_pvc_volumes_appear_at_their_mount_paths
         {"name": "config", "mountPath": "/etc/glmops"},
         {"name": "hf", "mountPath": "/mnt/secrets/hf"},
         {"name": "work", "mountPath": "/mnt/pvc/work"},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/scratch"},
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
     apply(
@@ -629,7 +631,7 @@ def test_config_map_secret_empty_dir_and_pvc_volumes_appear_at_their_mount_paths
         "config": '{"epochs": 2}',
         "secret": "t0k",
         "secret_mode": "0o400",
-        "tmp": ["scratch"],
+        "tmp": ["file"],
         "shm": True,
     }
 

@@ -21,6 +21,9 @@ def _ftj(name: str) -> dict[str, Any]:
             "model": {"variant": "flash", "source": "file:///models/glm-4.7-flash"},
             "dataset": {"source": "file:///data/agent.jsonl"},
             "training": {"epochs": 1},
+            # No node matches: the trainer pod stays Pending whether or not a node agent runs, so
+            # these tests watch the operator alone.
+            "resources": {"nodeSelector": {"glmops.io/test-pool": "none"}},
             "output": {"destination": f"file:///out/{name}", "formats": ["adapter"]},
         },
     }
@@ -90,7 +93,7 @@ def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_op
     api = cluster.api_client()
     custom = client.CustomObjectsApi(api)
     doc = _ftj("unplaceable")
-    doc["spec"]["resources"] = {"nodeSelector": {"pool": "reserved-for-another-team"}}
+    doc["spec"]["resources"] = {"nodeSelector": {"pool": "reserved-for-another-team"}}  # matches no node
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
 
     def scheduled_false() -> dict[str, Any] | None:
