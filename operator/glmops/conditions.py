@@ -38,9 +38,7 @@ class Reason(StrEnum):
     training = "Training"
     exporting = "Exporting"
     completed = "Completed"
-    trainer_failed = "TrainerFailed"
     retries_exhausted = "RetriesExhausted"
-    cancelled = "Cancelled"
 
 
 def set_condition(

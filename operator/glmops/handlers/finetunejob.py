@@ -247,7 +247,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     if decision.phase is Phase.training and status.start_time is None:
         status.start_time = datetime.now(UTC)
     node = ((pod or {}).get("spec") or {}).get("nodeName")
-    if decision.reason == "Unschedulable":
+    if decision.reason == Reason.unschedulable:
         status.conditions = set_condition(
             status.conditions, ConditionType.scheduled, ConditionStatus.false, decision.reason, decision.message, generation
         )
@@ -272,7 +272,7 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
         return  # nothing new: no write, no event
     kube.patch_custom_status(api, PLURAL, namespace, ftj_name, after)
     if previous is None or previous.reason != decision.reason:  # a transition: new phase or new reason
-        event_type = "Warning" if decision.phase is Phase.failed or decision.reason == "Unschedulable" else "Normal"
+        event_type = "Warning" if decision.phase is Phase.failed or decision.reason == Reason.unschedulable else "Normal"
         kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event_type, reason=decision.reason, message=decision.message)
 
 

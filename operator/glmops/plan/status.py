@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glmops.api.finetunejob import Phase
+from glmops.conditions import Reason
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PhaseDecision:
 def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
     """Which phase the job is in, given its trainer's Job and newest pod."""
     if obs.job_succeeded:
-        return PhaseDecision(Phase.succeeded, "Completed", "training and export finished; artifacts are recorded in status")
+        return PhaseDecision(Phase.succeeded, Reason.completed, "training and export finished; artifacts are recorded in status")
     if obs.trainer_reason in USER_ERRORS:
         return PhaseDecision(
             Phase.failed,
@@ -51,14 +52,14 @@ def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
         detail = obs.trainer_message or obs.job_failure_message or "the trainer failed"
         return PhaseDecision(
             Phase.failed,
-            "RetriesExhausted",
+            Reason.retries_exhausted,
             f"{detail}; the trainer failed {obs.failed_pods} time(s) (failurePolicy.maxRetries={max_retries}); "
             "see `kubectl logs job/<trainer job>` and fix the cause, then create a new FineTuneJob",
         )
     if obs.unschedulable_message:
         return PhaseDecision(
             Phase.pending,
-            "Unschedulable",
+            Reason.unschedulable,
             f"the trainer pod cannot be placed: {obs.unschedulable_message}; check spec.resources "
             "(gpusPerNode, gpuMemoryGiB, gpuProduct, nodeSelector, tolerations) against the cluster's GPU nodes",
         )
@@ -70,7 +71,7 @@ def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
         )
     if obs.pod_phase == "Running":
         if obs.exporting:
-            return PhaseDecision(Phase.exporting, "Exporting", "training finished; writing adapter, merged weights and GGUF")
+            return PhaseDecision(Phase.exporting, Reason.exporting, "training finished; writing adapter, merged weights and GGUF")
         retry = f" (retry {obs.failed_pods} of {max_retries}, resuming from the last checkpoint)" if obs.failed_pods else ""
-        return PhaseDecision(Phase.training, "Training", f"the trainer is running{retry}")
-    return PhaseDecision(Phase.pending, "Pending", "waiting for the trainer pod to start")
+        return PhaseDecision(Phase.training, Reason.training, f"the trainer is running{retry}")
+    return PhaseDecision(Phase.pending, Reason.pending, "waiting for the trainer pod to start")
