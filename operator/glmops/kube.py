@@ -1,16 +1,20 @@
 """The only module that talks to the Kubernetes API: get-or-create, status patches, facts.
 
 Handlers call these functions; the planner never does. Objects travel as plain JSON dicts
-(`_preload_content=False`): the generated client's typed models follow the newest API, and
-an operator must read what older and newer apiservers send alike. Creation is idempotent: an
-object that exists with our owner is left alone, one that exists without it is reported.
+over REST paths: the generated client's typed methods validate every argument with pydantic
+and project bodies onto models of the newest API, which costs more CPU than the request
+itself in a burst, and an operator must read what older and newer apiservers send alike.
+The client still supplies the connection pool, TLS and authentication (including refreshed
+service-account tokens). Creation is idempotent: an object that exists with our owner is left
+alone, one that exists without it is reported.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -20,24 +24,67 @@ from glmops.plan.finetune import GPU_COUNT_LABEL, GPU_MEMORY_LABEL, GPU_PRODUCT_
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+# Where each kind of child object lives: (API path prefix, plural).
+CHILD_PATHS = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Job": ("/apis/batch/v1", "jobs"),
+}
 
 
 class ForeignObjectError(RuntimeError):
     """An object with the name glmops wants exists but belongs to something else."""
 
 
-def _json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a generated client method and return its parsed JSON body."""
-    response = call(*args, _preload_content=False, **kwargs)
+def _path(prefix: str, plural: str, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    parts = [prefix]
+    if namespace is not None:
+        parts += ["namespaces", quote(namespace, safe="")]
+    parts.append(plural)
+    parts += [quote(p, safe="") for p in (name, sub) if p is not None]
+    return "/".join(parts)
+
+
+def request_raw(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, str | int] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    accept: str = "application/json",
+) -> bytes:
+    """One API request; returns the response body. A non-2xx answer raises ApiException."""
+    serialized = api.param_serialize(
+        method,
+        path,
+        query_params=list((query or {}).items()),
+        header_params={"Accept": accept, "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*serialized)
     try:
-        return json.loads(response.data) if response.data else None
+        data = bytes(response.read() or b"")  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return data
     finally:
-        response.release_conn()
+        response.response.release_conn()
 
 
-def _get_or_none(call: Callable[..., Any], *args: Any) -> Obj | None:
+def request(api: client.ApiClient, method: str, path: str, **kwargs: Any) -> Any:
+    """One API request; returns the parsed JSON body (None when empty)."""
+    data = request_raw(api, method, path, **kwargs)
+    return json.loads(data) if data else None
+
+
+def _get_or_none(api: client.ApiClient, path: str) -> Obj | None:
     try:
-        result: Obj = _json(call, *args)
+        result: Obj = request(api, "GET", path)
         return result
     except ApiException as exc:
         if exc.status == 404:
@@ -55,64 +102,67 @@ def apply_child(api: client.ApiClient, obj: Mapping[str, Any], owner_uid: str) -
     kind = obj["kind"]
     namespace = obj["metadata"]["namespace"]
     name = obj["metadata"]["name"]
-    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    methods: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-        "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
-        "Service": (core.create_namespaced_service, core.read_namespaced_service),
-        "Job": (batch.create_namespaced_job, batch.read_namespaced_job),
-    }
-    create, read = methods[kind]
+    prefix, plural = CHILD_PATHS[kind]
     try:
-        _json(create, namespace, dict(obj))
+        request(api, "POST", _path(prefix, plural, namespace), body=dict(obj))
         return True
     except ApiException as exc:
         if exc.status != 409:
             raise
-    existing = _get_or_none(read, name, namespace)
+    existing = _get_or_none(api, _path(prefix, plural, namespace, name))
     if existing is not None and not owned_by(existing, owner_uid):
         raise ForeignObjectError(f"{kind} {namespace}/{name} exists and is not owned by this resource; delete or rename it")
     return False
 
 
+def _custom_path(plural: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    return _path(f"/apis/{GROUP}/{VERSION}", plural, namespace, name, sub)
+
+
 def patch_custom_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
     """Merge-patch the status subresource of one of our resources."""
-    _json(
-        client.CustomObjectsApi(api).patch_namespaced_custom_object_status,
-        GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
-        _content_type=MERGE_PATCH,
-    )
+    request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body={"status": dict(status)}, content_type=MERGE_PATCH)
 
 
 def get_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> Obj | None:
     """One of our resources, or None when it is gone."""
-    return _get_or_none(client.CustomObjectsApi(api).get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+    return _get_or_none(api, _custom_path(plural, namespace, name))
 
 
 def list_custom(api: client.ApiClient, plural: str, namespace: str) -> list[Obj]:
     """All resources of one of our kinds in a namespace."""
-    result: Obj = _json(client.CustomObjectsApi(api).list_namespaced_custom_object, GROUP, VERSION, namespace, plural)
+    result: Obj = request(api, "GET", _custom_path(plural, namespace))
     return list(result.get("items", []))
 
 
 def secret_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
-    """Whether a Secret exists; its data is dropped unread (only existence is reported)."""
-    return _get_or_none(client.CoreV1Api(api).read_namespaced_secret, name, namespace) is not None
+    """Whether a Secret exists. Only its metadata is asked for: the values never reach the operator."""
+    path = _path("/api/v1", "secrets", namespace, name)
+    try:
+        # Servers that know PartialObjectMetadata answer with names and labels only; older ones
+        # fall back to the whole object, which is dropped unread.
+        request_raw(api, "GET", path, accept=f"{PARTIAL_METADATA}, application/json")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def pvc_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
     """Whether a PersistentVolumeClaim exists."""
-    return _get_or_none(client.CoreV1Api(api).read_namespaced_persistent_volume_claim, name, namespace) is not None
+    return _get_or_none(api, _path("/api/v1", "persistentvolumeclaims", namespace, name)) is not None
 
 
 def server_minor(api: client.ApiClient) -> int:
     """The apiserver's minor version (e.g. 30 for 1.30)."""
-    info: Obj = _json(client.VersionApi(api).get_code)
+    info: Obj = request(api, "GET", "/version")
     return int("".join(ch for ch in str(info.get("minor", "")) if ch.isdigit()) or 0)
 
 
 def gpu_nodes(api: client.ApiClient) -> tuple[GpuNode, ...]:
     """GPU offers of every schedulable node, from GPU feature discovery labels and allocatable GPUs."""
-    nodes: Obj = _json(client.CoreV1Api(api).list_node)
+    nodes: Obj = request(api, "GET", "/api/v1/nodes")
     result = []
     for node in nodes.get("items", []):
         if node.get("spec", {}).get("unschedulable"):
@@ -127,13 +177,13 @@ def gpu_nodes(api: client.ApiClient) -> tuple[GpuNode, ...]:
 
 def get_job(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
     """A batch/v1 Job, or None."""
-    return _get_or_none(client.BatchV1Api(api).read_namespaced_job, name, namespace)
+    return _get_or_none(api, _path("/apis/batch/v1", "jobs", namespace, name))
 
 
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """Delete a Job and, in the background, its pods (a gone Job is fine)."""
     try:
-        _json(client.BatchV1Api(api).delete_namespaced_job, name, namespace, propagation_policy="Background")
+        request(api, "DELETE", _path("/apis/batch/v1", "jobs", namespace, name), body={"propagationPolicy": "Background"})
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -141,21 +191,17 @@ def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
 
 def job_pods(api: client.ApiClient, namespace: str, job_name: str) -> list[Obj]:
     """Pods of a batch/v1 Job, newest first."""
-    pods: Obj = _json(client.CoreV1Api(api).list_namespaced_pod, namespace, label_selector=f"job-name={job_name}")
+    pods: Obj = request(api, "GET", _path("/api/v1", "pods", namespace), query={"labelSelector": f"job-name={job_name}"})
     return sorted(pods.get("items", []), key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True)
 
 
 def pod_log_tail(api: client.ApiClient, namespace: str, pod: str, container: str, lines: int = 50) -> str:
     """The last lines of a container's log ('' when it has none yet)."""
+    path = _path("/api/v1", "pods", namespace, pod, "log")
     try:
-        response: Any = client.CoreV1Api(api).read_namespaced_pod_log(
-            pod, namespace, container=container, tail_lines=lines, _preload_content=False
-        )
+        data = request_raw(api, "GET", path, query={"container": container, "tailLines": lines}, accept="text/plain, */*")
     except ApiException as exc:
         if exc.status in (400, 404, 500, 502, 503):
             return ""  # no log yet, or the node cannot serve it right now: try again next poll
         raise
-    try:
-        return bytes(response.data).decode("utf-8", errors="replace")
-    finally:
-        response.release_conn()
+    return data.decode("utf-8", errors="replace")
