@@ -42,6 +42,10 @@ def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("FineTuneJob", created["metadata"]["uid"], True)
     assert status()["phase"] == "Pending" and status()["plan"]["gpusPerNode"] == 1
+    # kopf's bookkeeping rode on the status patch: metadata holds only what the user wrote.
+    stored = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable")
+    assert not [k for k in stored["metadata"].get("annotations") or {} if k.startswith("glmops.io/")]
+    assert json.loads(status()["lastHandledConfiguration"])["spec"]["training"]["epochs"] == 1
 
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "immutable", {"spec": {"training": {"epochs": 3}}}, _content_type=MERGE
@@ -87,6 +91,31 @@ def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmop
         for ref in job["metadata"].get("ownerReferences", []):
             per_owner[ref["name"]] = per_owner.get(ref["name"], 0) + 1
     assert per_owner == {name: 1 for name in names}
+
+
+def test_a_change_made_while_the_operator_is_down_is_still_refused(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _ftj("offline-edit"))
+
+    def status() -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "offline-edit").get("status") or {})
+
+    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    glmops_operator.stop()
+    try:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "offline-edit", {"spec": {"training": {"epochs": 4}}}, _content_type=MERGE
+        )
+    finally:
+        glmops_operator.start()
+
+    def refused() -> dict[str, Any] | None:
+        return next((c for c in status().get("conditions", []) if c["reason"] == "SpecImmutable"), None)
+
+    # The diff base kept in status tells the restarted operator what it last acted on.
+    condition = wait_for(refused, 60, "the offline change to be refused", glmops_operator.log_tail)
+    assert "spec.training" in condition["message"] and condition["observedGeneration"] == 2
 
 
 def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_operator, namespace: str) -> None:

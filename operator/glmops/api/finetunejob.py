@@ -314,6 +314,8 @@ class FineTuneJobStatus(StatusModel):
     """When training started."""
     completion_time: datetime | None = None
     """When the job reached Succeeded, Failed or Cancelled."""
+    last_handled_configuration: str | None = Field(default=None, exclude=True)
+    """The spec the operator last acted on (JSON), kept by kopf to notice changes made while it was down."""
 
 
 class FineTuneJob(WireModel):

@@ -7,7 +7,9 @@ calls go through glmops.kube.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -21,6 +23,7 @@ from glmops.api.common import GROUP, VERSION, ConditionStatus
 from glmops.api.finetunejob import PLURAL, FineTuneJob, FineTuneJobStatus, Phase, Plan
 from glmops.conditions import ConditionType, Reason, find_condition, set_condition
 from glmops.plan import names
+from glmops.plan.changes import changed_immutable_sections
 from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
 from glmops.plan.status import TrainerObservation, decide_phase
 from glmops.plan.uris import parse_uri
@@ -28,7 +31,6 @@ from glmops.settings import Settings
 from glmops.trainer_protocol import artifacts_from_result, last_progress, parse_result
 
 TERMINAL = {Phase.succeeded, Phase.failed, Phase.cancelled}
-IMMUTABLE_SECTIONS = ("model", "dataset", "training")
 
 
 def _status(body: kopf.Body) -> FineTuneJobStatus:
@@ -47,8 +49,12 @@ def _fail(status: FineTuneJobStatus, reason: str, message: str, gen: int) -> Non
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def ftj_outputs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str] | None:
-    """Which FineTuneJob writes to which output location, kept current from the watch (no list per reconcile)."""
+async def ftj_outputs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str] | None:
+    """Which FineTuneJob writes to which output location, kept current from the watch (no list per reconcile).
+
+    Async only so that kopf calls it in its event loop: it runs on every event of every
+    FineTuneJob, and a sync handler would cost a trip through the thread pool each time.
+    """
     destination = (spec.get("output") or {}).get("destination")
     return {(namespace, str(destination).rstrip("/")): name} if destination else None
 
@@ -67,21 +73,37 @@ def _gather_facts(
         secrets=secrets,
         pvcs=pvcs,
         outputs_in_use={destination: others[0]} if others else {},
-        gpu_nodes=_gpu_nodes(api, memo),
+        gpu_nodes=memo.node_cache.get(api),
     )
 
 
-NODE_CACHE_SECONDS = 10.0
+class NodeCache:
+    """The cluster's GPU offers, re-read at most every `max_age` seconds.
 
+    A burst of new jobs needs one node list, not one per job: the first thread to find the
+    cache stale lists the nodes while the others wait for its answer. It lives in the
+    operator-wide memo as one shared object (kopf gives each resource a shallow copy of the
+    memo, so a value assigned there would be cached per resource).
+    """
 
-def _gpu_nodes(api: client.ApiClient, memo: kopf.Memo) -> tuple[GpuNode, ...]:
-    """The cluster's GPU offers, re-read at most every few seconds (a burst of jobs needs one list)."""
-    cached: tuple[float, tuple[GpuNode, ...]] | None = getattr(memo, "gpu_nodes", None)
-    now = time.monotonic()
-    if cached is None or now - cached[0] > NODE_CACHE_SECONDS:
-        cached = (now, kube.gpu_nodes(api))
-        memo.gpu_nodes = cached
-    return cached[1]
+    def __init__(
+        self,
+        lister: Callable[[client.ApiClient], tuple[GpuNode, ...]] = kube.gpu_nodes,
+        max_age: float = 10.0,
+    ) -> None:
+        self.lister = lister
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._nodes: tuple[GpuNode, ...] = ()
+
+    def get(self, api: client.ApiClient) -> tuple[GpuNode, ...]:
+        """The GPU nodes, from the cache when it is fresh."""
+        with self._lock:
+            if time.monotonic() - self._read_at > self.max_age:
+                self._nodes = self.lister(api)
+                self._read_at = time.monotonic()
+            return self._nodes
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
@@ -110,7 +132,7 @@ def reconcile(
     if status.phase in TERMINAL:
         return
     if reason == kopf.Reason.UPDATE and status.trainer_job:
-        changed = sorted({str(d[1][0]) for d in diff if d[1] and d[1][0] in IMMUTABLE_SECTIONS})
+        changed = changed_immutable_sections(diff)
         if changed:
             message = (
                 f"spec.{', spec.'.join(changed)} changed after training started; the running trainer keeps the "

@@ -11,6 +11,8 @@ from kubernetes import client, config
 
 from glmops import kube
 from glmops.api.common import GROUP
+from glmops.handlers.finetunejob import NodeCache
+from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
 from glmops.settings import Settings
 
 
@@ -27,10 +29,12 @@ def _api_client() -> client.ApiClient:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Set persistence, watching, posting and concurrency for one operator replica."""
-    # kopf's own bookkeeping lives under our group, with our finalizer name.
+    # kopf's own bookkeeping: handler progress in annotations under our group, our finalizer
+    # name, and the last-handled spec in status, where it rides on our own status patch
+    # (see glmops.handlers.persistence for why each costs no extra write per object).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.progress_storage = ProgressAnnotations(prefix=GROUP)
+    settings.persistence.diffbase_storage = StatusDiffBase(field=DIFFBASE_FIELD)
     # Restart watches every 10 minutes (server side) and give up on a silent connection after 11,
     # so a half-dead connection through a load balancer is noticed.
     settings.watching.server_timeout = 600
@@ -48,6 +52,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.api = _api_client()
     memo.settings = Settings.from_env()
     memo.server_minor = kube.server_minor(memo.api)  # decides multi-node support; fixed for our lifetime
+    memo.node_cache = NodeCache()
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 
