@@ -31,6 +31,7 @@ class Reason(StrEnum):
     output_in_use = "OutputInUse"
     multi_node_unsupported = "MultiNodeUnsupported"
     spec_immutable = "SpecImmutable"
+    api_error = "ApiError"
     # lifecycle
     pending = "Pending"
     unschedulable = "Unschedulable"
@@ -39,6 +40,8 @@ class Reason(StrEnum):
     exporting = "Exporting"
     completed = "Completed"
     retries_exhausted = "RetriesExhausted"
+    cancelled = "Cancelled"
+    trainer_job_deleted = "TrainerJobDeleted"
 
 
 def set_condition(

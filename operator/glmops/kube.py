@@ -82,6 +82,18 @@ def request(api: client.ApiClient, method: str, path: str, **kwargs: Any) -> Any
     return json.loads(data) if data else None
 
 
+def describe_error(exc: Exception) -> str:
+    """One line for a failed request: status, reason and the apiserver's own message."""
+    if isinstance(exc, ApiException):
+        detail = ""
+        try:
+            detail = str(json.loads(exc.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            detail = ""
+        return f"{exc.status} {exc.reason}" + (f": {detail}" if detail else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _get_or_none(api: client.ApiClient, path: str) -> Obj | None:
     try:
         result: Obj = request(api, "GET", path)

@@ -32,7 +32,7 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), **self.extra_env)
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), **self.extra_env}
         argv = [sys.executable, "-m", "glmops.cli.main", "run"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from kubernetes import client
@@ -137,3 +138,52 @@ def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_op
         return any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
 
     wait_for(warned, 30, "a Warning event saying why", glmops_operator.log_tail)  # kopf posts events in the background
+
+
+def _events(api: client.ApiClient, namespace: str, name: str) -> list[tuple[str, str]]:
+    events = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return [(e.type, e.reason) for e in events]
+
+
+def test_spec_cancel_stops_the_trainer_and_ends_the_job_cancelled(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _ftj("to-cancel"))
+
+    def status() -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel").get("status") or {})
+
+    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel", {"spec": {"cancel": True}}, _content_type=MERGE)
+
+    wait_for(lambda: status().get("phase") == "Cancelled", 60, "phase Cancelled", glmops_operator.log_tail)
+    succeeded = next(c for c in status()["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "Cancelled") and status().get("completionTime")
+    wait_for(lambda: not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"], 60,
+             "the trainer Job to be deleted", glmops_operator.log_tail)
+    wait_for(lambda: ("Normal", "Cancelled") in _events(api, namespace, "to-cancel"), 30, "a Cancelled event", glmops_operator.log_tail)
+    # An ended job stays ended: taking the request back starts nothing.
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel", {"spec": {"cancel": False}}, _content_type=MERGE)
+    time.sleep(3)
+    assert status()["phase"] == "Cancelled"
+    assert not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+
+
+def test_a_trainer_job_deleted_behind_the_operators_back_cancels_the_job(cluster, glmops_operator, namespace: str) -> None:
+    api = cluster.api_client()
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _ftj("orphaned"))
+
+    def status() -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orphaned").get("status") or {})
+
+    job = wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    batch.delete_namespaced_job(job, namespace, propagation_policy="Background")
+
+    wait_for(lambda: status().get("phase") == "Cancelled", 60, "phase Cancelled", glmops_operator.log_tail)
+    succeeded = next(c for c in status()["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "TrainerJobDeleted" and job in succeeded["message"]
+    wait_for(lambda: ("Warning", "TrainerJobDeleted") in _events(api, namespace, "orphaned"), 30, "a Warning event", glmops_operator.log_tail)
+    glmops_operator.restart()  # a restarted operator does not bring the Job back
+    time.sleep(5)
+    assert not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from glmops.api.finetunejob import Phase
-from glmops.plan.status import TrainerObservation, decide_phase
+from glmops.plan.status import TrainerObservation, cancelled_by_request, decide_phase
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,7 @@ from glmops.plan.status import TrainerObservation, decide_phase
         (TrainerObservation(job_failed=True, failed_pods=4), Phase.failed, "RetriesExhausted"),
         (TrainerObservation(pod_phase="Failed", trainer_reason="DataError", trainer_message="a.jsonl:3: bad"), Phase.failed, "DataError"),
         (TrainerObservation(pod_phase="Failed", trainer_reason="TrainingError", failed_pods=1), Phase.pending, "Pending"),
+        (TrainerObservation(job_missing=True), Phase.cancelled, "TrainerJobDeleted"),
     ],
 )
 def test_decide_phase(obs: TrainerObservation, phase: Phase, reason: str) -> None:
@@ -35,3 +36,7 @@ def test_messages_say_what_to_do() -> None:
     assert data.message.startswith("a.jsonl:3: bad role") and "retrying cannot help" in data.message
     retry = decide_phase(TrainerObservation(pod_phase="Running", failed_pods=1), 3)
     assert "retry 1 of 3" in retry.message
+    deleted = decide_phase(TrainerObservation(job_missing=True), 3, "j-trainer")
+    assert "j-trainer was deleted" in deleted.message and "spec.cancel" in deleted.message
+    cancelled = cancelled_by_request()
+    assert (cancelled.phase, cancelled.reason) == (Phase.cancelled, "Cancelled") and "spec.cancel" in cancelled.message

@@ -217,6 +217,8 @@ class FineTuneJobSpec(WireModel):
     """Artifacts and where they go."""
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """Retries of a failed trainer pod."""
+    cancel: bool = False
+    """Set to true to stop the job for good: its trainer Job and pods are deleted and it ends Cancelled. Checkpoints and artifacts already written stay at the output destination."""
 
 
 class Progress(StatusModel):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
+import urllib3
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from glmops import kube
@@ -25,12 +27,13 @@ from glmops.conditions import ConditionType, Reason, find_condition, set_conditi
 from glmops.plan import names
 from glmops.plan.changes import changed_immutable_sections
 from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
-from glmops.plan.status import TrainerObservation, decide_phase
+from glmops.plan.status import PhaseDecision, TrainerObservation, cancelled_by_request, decide_phase
 from glmops.plan.uris import parse_uri
 from glmops.settings import Settings
 from glmops.trainer_protocol import artifacts_from_result, last_progress, parse_result
 
 TERMINAL = {Phase.succeeded, Phase.failed, Phase.cancelled}
+API_RETRY_SECONDS = 15
 
 
 def _status(body: kopf.Body) -> FineTuneJobStatus:
@@ -125,11 +128,17 @@ def reconcile(
     ftj_outputs: kopf.Index[Any, str] = kwargs["ftj_outputs"]  # the index above, passed by name
     assert namespace is not None  # FineTuneJob is namespaced
     api: client.ApiClient = memo.api
-    settings: Settings = memo.settings
     generation = int(meta.get("generation") or 1)
     status = _status(body)
 
     if status.phase in TERMINAL:
+        return
+    if (body.get("spec") or {}).get("cancel") is True:
+        _end(api, body, status, cancelled_by_request(), generation, delete_job=names.trainer_job_name(name))
+        return
+    if status.trainer_job and kube.get_job(api, namespace, status.trainer_job) is None:
+        # Recorded, so created; gone, so deleted while the operator was away: never recreate it.
+        _end(api, body, status, decide_phase(TrainerObservation(job_missing=True), 0, status.trainer_job), generation)
         return
     if reason == kopf.Reason.UPDATE and status.trainer_job:
         changed = changed_immutable_sections(diff)
@@ -152,6 +161,42 @@ def reconcile(
         patch.status.update(status.to_wire())
         return
 
+    try:
+        _plan_and_apply(api, body, job, status, patch, generation, ftj_outputs, memo)
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        if isinstance(exc, ApiException) and exc.status in (400, 404, 409, 422):
+            raise  # a request of ours the API refuses: kopf logs it and retries with backoff
+        # The cluster could not be read or written right now (RBAC, overload, network): say so
+        # and try again, rather than leave a job without a phase.
+        message = (
+            f"the operator could not check or create this job: {kube.describe_error(exc)}; it retries every "
+            f"{API_RETRY_SECONDS} s. Check the operator's RBAC permissions and the apiserver's health"
+        )
+        previous = find_condition(status.conditions, ConditionType.validated)
+        if not status.trainer_job:
+            status.phase = Phase.validating
+        _with_condition(status, ConditionType.validated, ConditionStatus.unknown, Reason.api_error, message, generation)
+        status.observed_generation = generation
+        if previous is None or previous.reason != Reason.api_error:
+            kopf.warn(body, reason=Reason.api_error, message=message)
+        patch.status.update(status.to_wire())
+        raise kopf.TemporaryError(message, delay=API_RETRY_SECONDS) from exc
+
+
+def _plan_and_apply(
+    api: client.ApiClient,
+    body: kopf.Body,
+    job: FineTuneJob,
+    status: FineTuneJobStatus,
+    patch: kopf.Patch,
+    generation: int,
+    ftj_outputs: kopf.Index[Any, str],
+    memo: kopf.Memo,
+) -> None:
+    """Check the job against the cluster, create its trainer objects, and put the outcome in `patch`."""
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    settings: Settings = memo.settings
     facts = _gather_facts(api, namespace, name, job, ftj_outputs, memo)
     plan = plan_finetune(JobMeta(name, namespace, str(meta["uid"]), generation), job.spec, facts, settings)
     status.plan = Plan(
@@ -192,11 +237,45 @@ def reconcile(
     patch.status.update(status.to_wire())
 
 
+
+
+def _apply_decision(status: FineTuneJobStatus, decision: PhaseDecision, generation: int) -> None:
+    """Set the phase, the Succeeded condition and, for an end, the completion time."""
+    status.phase = decision.phase
+    top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false, Phase.cancelled: ConditionStatus.false}
+    value = top.get(decision.phase, ConditionStatus.unknown)
+    status.conditions = set_condition(status.conditions, ConditionType.succeeded, value, decision.reason, decision.message, generation)
+    if decision.phase in TERMINAL:
+        status.completion_time = status.completion_time or datetime.now(UTC)
+
+
+def _event_type(decision: PhaseDecision) -> str:
+    bad = decision.phase is Phase.failed or decision.reason in (Reason.unschedulable, Reason.trainer_job_deleted)
+    return "Warning" if bad else "Normal"
+
+
+def _end(
+    api: client.ApiClient, body: Mapping[str, Any], status: FineTuneJobStatus, decision: PhaseDecision, generation: int, delete_job: str = ""
+) -> None:
+    """Record a terminal phase, then delete the trainer Job if asked.
+
+    Status comes first: the Job's deletion wakes the Job watch, which must find the job
+    already ended rather than take the vanished Job for someone else's doing.
+    """
+    metadata = body["metadata"]
+    _apply_decision(status, decision, generation)
+    status.observed_generation = generation
+    kube.patch_custom_status(api, PLURAL, metadata["namespace"], metadata["name"], status.to_wire())
+    if delete_job:
+        kube.delete_job(api, metadata["namespace"], delete_job)
+    kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=_event_type(decision), reason=decision.reason, message=decision.message)
+
+
 def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tuple[TrainerObservation, dict[str, Any] | None]:
     """What the trainer Job and its newest pod show now (plus that pod, for its log and result)."""
     job = kube.get_job(api, namespace, job_name)
-    if job is None:
-        return TrainerObservation(), None
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        return TrainerObservation(job_missing=True), None
     job_status = job.get("status") or {}
     conditions = {c["type"]: c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
     pods = kube.job_pods(api, namespace, job_name)
@@ -237,6 +316,8 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
     body = kube.get_custom(api, PLURAL, namespace, ftj_name)
     if body is None:
         return
+    if body["metadata"].get("deletionTimestamp"):
+        return  # the FineTuneJob is going away, and its trainer with it
     job_spec = FineTuneJob.model_validate(body)
     status = job_spec.status
     if status.phase in TERMINAL or not status.trainer_job:
@@ -258,13 +339,14 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
         trainer_reason=str(failed_result.get("reason") or ""),
         trainer_message=str(failed_result.get("message") or ""),
     )
-    decision = decide_phase(obs, job_spec.spec.failure_policy.max_retries)
-    if decision.phase is Phase.failed and not obs.job_failed:
-        # A user error fails every retry the same way: stop the Job instead of burning GPU hours.
-        kube.delete_job(api, namespace, status.trainer_job)
+    decision = decide_phase(obs, job_spec.spec.failure_policy.max_retries, status.trainer_job)
+    if job_spec.spec.cancel:  # the reconcile handler is ending it; agree with it, whatever the Job shows
+        decision = cancelled_by_request()
+    # A user error fails every retry the same way: stop the Job instead of burning GPU hours
+    # (after the Failed status is written, see _end).
+    stop_job = decision.phase is Phase.failed and not obs.job_failed and not obs.job_missing
     generation = int(body["metadata"].get("generation") or 1)
     previous = find_condition(status.conditions, ConditionType.succeeded)
-    status.phase = decision.phase
     status.retries = obs.failed_pods
     if decision.phase is Phase.training and status.start_time is None:
         status.start_time = datetime.now(UTC)
@@ -278,24 +360,21 @@ def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: ko
         status.conditions = set_condition(
             status.conditions, ConditionType.scheduled, ConditionStatus.true, Reason.scheduled, message, generation
         )
-    top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false}.get(decision.phase, ConditionStatus.unknown)
-    status.conditions = set_condition(status.conditions, ConditionType.succeeded, top, decision.reason, decision.message, generation)
+    _apply_decision(status, decision, generation)
     if decision.phase is Phase.succeeded:
-        status.completion_time = datetime.now(UTC)
         if obs.job_succeeded and result and isinstance(result.get("artifacts"), dict):
             status.artifacts = artifacts_from_result(result["artifacts"])
         if status.progress is not None and status.progress.total_steps:
             status.progress.step = status.progress.total_steps
             status.progress.percent = 100
-    elif decision.phase is Phase.failed:
-        status.completion_time = datetime.now(UTC)
     after = status.to_wire()
     if after == before:
         return  # nothing new: no write, no event
     kube.patch_custom_status(api, PLURAL, namespace, ftj_name, after)
+    if stop_job:
+        kube.delete_job(api, namespace, status.trainer_job)
     if previous is None or previous.reason != decision.reason:  # a transition: new phase or new reason
-        event_type = "Warning" if decision.phase is Phase.failed or decision.reason == Reason.unschedulable else "Normal"
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event_type, reason=decision.reason, message=decision.message)
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=_event_type(decision), reason=decision.reason, message=decision.message)
 
 
 # A new Job's first events carry an empty status: nothing to learn from them.

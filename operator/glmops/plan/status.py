@@ -12,6 +12,7 @@ from glmops.conditions import Reason
 class TrainerObservation:
     """The parts of the trainer Job and its newest pod that decide the job's phase."""
 
+    job_missing: bool = False  # the trainer Job is gone or being deleted
     job_succeeded: bool = False
     job_failed: bool = False  # the Job controller gave up (backoffLimit reached)
     job_failure_message: str = ""
@@ -38,8 +39,26 @@ class PhaseDecision:
     message: str
 
 
-def decide_phase(obs: TrainerObservation, max_retries: int) -> PhaseDecision:
+def cancelled_by_request() -> PhaseDecision:
+    """The decision when spec.cancel is set."""
+    return PhaseDecision(
+        Phase.cancelled,
+        Reason.cancelled,
+        "spec.cancel is true: the trainer was stopped; checkpoints and artifacts already written are kept",
+    )
+
+
+def decide_phase(obs: TrainerObservation, max_retries: int, trainer_job: str = "") -> PhaseDecision:
     """Which phase the job is in, given its trainer's Job and newest pod."""
+    if obs.job_missing:
+        # The operator creates the Job before it records its name and deletes it only after a
+        # terminal phase is recorded, so a missing Job was deleted by someone else.
+        return PhaseDecision(
+            Phase.cancelled,
+            Reason.trainer_job_deleted,
+            f"the trainer Job{' ' + trainer_job if trainer_job else ''} was deleted outside the operator, so the job cannot go on; "
+            "to stop a job use spec.cancel, to train again create a new FineTuneJob",
+        )
     if obs.job_succeeded:
         return PhaseDecision(Phase.succeeded, Reason.completed, "training and export finished; artifacts are recorded in status")
     if obs.trainer_reason in USER_ERRORS:
