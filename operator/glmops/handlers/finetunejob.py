@@ -237,8 +237,6 @@ def _plan_and_apply(
     patch.status.update(status.to_wire())
 
 
-
-
 def _apply_decision(status: FineTuneJobStatus, decision: PhaseDecision, generation: int) -> None:
     """Set the phase, the Succeeded condition and, for an end, the completion time."""
     status.phase = decision.phase
