@@ -297,7 +297,7 @@ def training_arguments(config: TrainerConfig, checkpoints_dir: Path, has_eval: b
         data_seed=t.seed,
         bf16=compute_dtype(config) == torch.bfloat16,
         # load_base_model already switched it on (non-reentrant, as peft needs); Trainer must not redo it.
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps",
