@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from polling import wait_for
 
 from glmops_dev.agent import ImageMap, ImageMapError, NodeAgent, start_agent
 from glmops_dev.agent.agent import orphan_status, was_started
@@ -33,7 +34,6 @@ from glmops_dev.agent.podstatus import ContainerState, Terminated, compute_phase
 from glmops_dev.agent.runtime import ContainerProcess, LaunchSpec, StartError
 from glmops_dev.cluster import KubeCluster, KubectlError
 
-T = TypeVar("T")
 TRAINER_IMAGE = "ghcr.io/glmops/trainer:test"
 PREFERRED_ADDRESS_FLAG = (
     "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP"
@@ -308,20 +308,6 @@ def test_a_command_that_does_not_exist_is_a_start_error(tmp_path: Path) -> None:
 
 
 # -- pods on the cluster ------------------------------------------------------------------------
-
-
-def wait_for(
-    what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, diagnose: Callable[[], str] = str
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` (and a diagnosis)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{diagnose()}")
-        time.sleep(0.2)
 
 
 def apply(cluster: KubeCluster, namespace: str, *objects: dict[str, Any]) -> None:

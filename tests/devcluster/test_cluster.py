@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes.utils import parse_quantity as _parse_quantity
+from polling import wait_for
 
 from glmops_dev.binaries import BUILD_RECIPE, K8S_VERSION, BinariesNotFoundError, build_script, find_binaries
 from glmops_dev.cluster import ClusterStartError, ExistingCluster, KubeCluster, LocalCluster
@@ -27,20 +27,6 @@ from glmops_dev.nodes import (
     heartbeat,
     profile,
 )
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
-    """Poll ``probe`` until it returns a truthy value; fail naming ``what`` after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def parse_quantity(quantity: str) -> Any:
@@ -153,7 +139,7 @@ def test_eight_gpu_pods_needing_80_gib_gpus_fill_the_h100_and_h200_nodes_only(
         nodes = [p["spec"].get("nodeName") for p in pods]
         return nodes if len(nodes) == 2 and all(nodes) else None
 
-    nodes = wait_for("both pods to be bound", bound_nodes)
+    nodes = wait_for("both pods to be bound", bound_nodes, 30)
     assert sorted(nodes) == sorted([profile("h100x8").node_name, profile("h200x8").node_name])
     assert profile("a100-40x8").node_name not in nodes
 
@@ -170,7 +156,7 @@ def test_pod_needing_more_gpu_memory_than_any_node_has_stays_pending_as_unschedu
                 return {"pod": pod, "condition": condition}
         return None
 
-    failure = wait_for("the scheduler to give up on the pod", scheduling_failure)
+    failure = wait_for("the scheduler to give up on the pod", scheduling_failure, 30)
     assert failure["pod"]["status"]["phase"] == "Pending"
     assert not failure["pod"]["spec"].get("nodeName")
     assert failure["condition"]["reason"] == "Unschedulable"
@@ -185,7 +171,7 @@ def test_pod_needing_more_gpu_memory_than_any_node_has_stays_pending_as_unschedu
         )
         return [e for e in events["items"] if e["reason"] == "FailedScheduling"] or None
 
-    wait_for("a FailedScheduling event", failed_scheduling_event)
+    wait_for("a FailedScheduling event", failed_scheduling_event, 30)
 
 
 def test_heartbeat_refreshes_the_ready_condition(cluster: KubeCluster) -> None:

@@ -6,12 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from glmops_dev.cluster import KubeCluster
 
@@ -56,15 +51,3 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, diagnostics: Callable[[], str] = lambda: "") -> Any:
-    """Poll until predicate() is truthy; fail with `what` and diagnostics otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{diagnostics()}")
-        time.sleep(0.5)

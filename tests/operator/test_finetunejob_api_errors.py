@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from operator_support import OperatorProcess, wait_for
+from operator_support import OperatorProcess
+from polling import wait_for
 
 GROUP, VERSION, PLURAL = "glmops.io", "v1alpha1", "finetunejobs"
 
@@ -70,14 +71,14 @@ def test_an_operator_that_may_not_list_nodes_says_so_and_goes_on_once_it_may(clu
         def waiting() -> dict[str, Any] | None:
             return next((c for c in status().get("conditions", []) if c["reason"] == "ApiError"), None)
 
-        condition = wait_for(waiting, 60, "the API error in status", restricted.log_tail)
+        condition = wait_for("the API error in status", waiting, 60, restricted.log_tail)
         assert status()["phase"] == "Validating" and condition["status"] == "Unknown"
         assert "403" in condition["message"] and "nodes" in condition["message"] and "RBAC" in condition["message"]
         assert "trainerJob" not in status()
 
         # Granting the missing right is enough: the next retry places the job.
         rbac.patch_cluster_role(role, {"rules": [*RULES_WITHOUT_NODES, {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]})
-        wait_for(lambda: status().get("trainerJob"), 90, "the job to go on once nodes may be listed", restricted.log_tail)
+        wait_for("the job to go on once nodes may be listed", lambda: status().get("trainerJob"), 90, restricted.log_tail)
         validated = next(c for c in status()["conditions"] if c["type"] == "Validated")
         assert status()["phase"] == "Pending" and (validated["status"], validated["reason"]) == ("True", "SpecValid")
     finally:

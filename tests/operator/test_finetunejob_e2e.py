@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 from kubernetes import client
-from operator_support import wait_for
+from polling import wait_for
 
 from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
 from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
@@ -101,7 +101,7 @@ def test_flash_finetunejob_trains_exports_and_succeeds(
             return status
         return None
 
-    seen = wait_for(progressing, 300, "progress in status while the job runs", diagnostics)
+    seen = wait_for("progress in status while the job runs", progressing, 300, diagnostics)
     assert seen["progress"]["totalSteps"] == 40 and seen["progress"]["loss"] is not None
     row = cluster.kubectl("get", "ftj", "flash-e2e", "-n", namespace, "--no-headers").stdout.split()
     assert row[1] in ("Training", "Exporting", "Succeeded") and row[2] == "flash"
@@ -134,7 +134,7 @@ def test_a_killed_trainer_pod_resumes_from_its_checkpoint(
     def complete_checkpoint() -> bool:
         return any((d / "COMPLETE").exists() for d in (out / "checkpoints").glob("checkpoint-*"))
 
-    wait_for(complete_checkpoint, 300, "a complete checkpoint", glmops_operator.log_tail)
+    wait_for("a complete checkpoint", complete_checkpoint, 300, glmops_operator.log_tail)
     pod = core.list_namespaced_pod(namespace, label_selector="glmops.io/finetunejob=resume-e2e").items[0]
     first = pod.metadata.name
     # SIGKILL the trainer process, as an OOM kill or a node failure would: the pod fails (137).
@@ -145,7 +145,7 @@ def test_a_killed_trainer_pod_resumes_from_its_checkpoint(
         names = [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector="glmops.io/finetunejob=resume-e2e").items]
         return next((n for n in names if n != first), None)
 
-    replacement = wait_for(second_pod, 120, "the Job controller to replace the killed pod", glmops_operator.log_tail)
+    replacement = wait_for("the Job controller to replace the killed pod", second_pod, 120, glmops_operator.log_tail)
     waited = cluster.kubectl("wait", "--for=condition=Succeeded", "ftj/resume-e2e", "-n", namespace, "--timeout=600s", check=False, timeout_s=660)
     assert waited.returncode == 0, glmops_operator.log_tail()
     log = cluster.kubectl("logs", "-n", namespace, replacement).stdout

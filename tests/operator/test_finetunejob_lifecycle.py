@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from kubernetes import client
-from operator_support import wait_for
+from polling import wait_for
 
 GROUP, VERSION, PLURAL = "glmops.io", "v1alpha1", "finetunejobs"
 MERGE = "application/merge-patch+json"
@@ -30,6 +30,11 @@ def _ftj(name: str) -> dict[str, Any]:
     }
 
 
+def _jobs(batch: client.BatchV1Api, namespace: str) -> list[dict[str, Any]]:
+    """The namespace's Jobs as plain JSON."""
+    return list(json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"])
+
+
 def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster, glmops_operator, namespace: str) -> None:
     api = cluster.api_client()
     custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
@@ -38,7 +43,7 @@ def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster
     def status() -> dict[str, Any]:
         return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable").get("status") or {})
 
-    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    wait_for("the trainer Job to be recorded", lambda: status().get("trainerJob"), 60, glmops_operator.log_tail)
     job = json.loads(batch.read_namespaced_job(status()["trainerJob"], namespace, _preload_content=False).data)
     owner = job["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("FineTuneJob", created["metadata"]["uid"], True)
@@ -55,20 +60,19 @@ def test_trainer_job_is_created_owned_and_the_training_spec_is_immutable(cluster
     def refused() -> dict[str, Any] | None:
         return next((c for c in status().get("conditions", []) if c["type"] == "Validated" and c["status"] == "False"), None)
 
-    condition = wait_for(refused, 60, "the change to be refused", glmops_operator.log_tail)
+    condition = wait_for("the change to be refused", refused, 60, glmops_operator.log_tail)
     assert condition["reason"] == "SpecImmutable" and "spec.training" in condition["message"]
-    jobs = batch.list_namespaced_job(namespace, _preload_content=False)
-    assert len(json.loads(jobs.data)["items"]) == 1  # still the one trainer Job, never a second
+    assert len(_jobs(batch, namespace)) == 1  # still the one trainer Job, never a second
 
     # Deleting the FineTuneJob removes what it owns (the garbage collector follows ownerReferences).
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "immutable")
 
     def trainer_gone() -> bool:
-        remaining = json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+        remaining = _jobs(batch, namespace)
         pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="glmops.io/finetunejob=immutable").items
         return not remaining and all(p.metadata.deletion_timestamp for p in pods)
 
-    wait_for(trainer_gone, 90, "the trainer Job and its pods to be deleted with the FineTuneJob", glmops_operator.log_tail)
+    wait_for("the trainer Job and its pods to be deleted with the FineTuneJob", trainer_gone, 90, glmops_operator.log_tail)
 
 
 def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmops_operator, namespace: str) -> None:
@@ -85,8 +89,8 @@ def test_restarting_the_operator_never_makes_a_second_trainer_job(cluster, glmop
         items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
         return all((i.get("status") or {}).get("trainerJob") for i in items) and len(items) == len(names)
 
-    wait_for(converged, 120, "every FineTuneJob to record its trainer Job", glmops_operator.log_tail)
-    jobs = json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+    wait_for("every FineTuneJob to record its trainer Job", converged, 120, glmops_operator.log_tail)
+    jobs = _jobs(batch, namespace)
     per_owner: dict[str, int] = {}
     for job in jobs:
         for ref in job["metadata"].get("ownerReferences", []):
@@ -102,7 +106,7 @@ def test_a_change_made_while_the_operator_is_down_is_still_refused(cluster, glmo
     def status() -> dict[str, Any]:
         return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "offline-edit").get("status") or {})
 
-    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    wait_for("the trainer Job to be recorded", lambda: status().get("trainerJob"), 60, glmops_operator.log_tail)
     glmops_operator.stop()
     try:
         custom.patch_namespaced_custom_object(
@@ -115,7 +119,7 @@ def test_a_change_made_while_the_operator_is_down_is_still_refused(cluster, glmo
         return next((c for c in status().get("conditions", []) if c["reason"] == "SpecImmutable"), None)
 
     # The diff base kept in status tells the restarted operator what it last acted on.
-    condition = wait_for(refused, 60, "the offline change to be refused", glmops_operator.log_tail)
+    condition = wait_for("the offline change to be refused", refused, 60, glmops_operator.log_tail)
     assert "spec.training" in condition["message"] and condition["observedGeneration"] == 2
 
 
@@ -130,14 +134,14 @@ def test_a_pod_the_scheduler_cannot_place_shows_why_in_status(cluster, glmops_op
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "unplaceable").get("status") or {}
         return next((c for c in status.get("conditions", []) if c["type"] == "Scheduled" and c["status"] == "False"), None)
 
-    condition = wait_for(scheduled_false, 60, "the scheduler's reason in status", glmops_operator.log_tail)
+    condition = wait_for("the scheduler's reason in status", scheduled_false, 60, glmops_operator.log_tail)
     assert condition["reason"] == "Unschedulable"
     assert "nodes are available" in condition["message"] and "spec.resources" in condition["message"]
     def warned() -> bool:
         events = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector="involvedObject.name=unplaceable").items
         return any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
 
-    wait_for(warned, 30, "a Warning event saying why", glmops_operator.log_tail)  # kopf posts events in the background
+    wait_for("a Warning event saying why", warned, 30, glmops_operator.log_tail)  # kopf posts events in the background
 
 
 def _events(api: client.ApiClient, namespace: str, name: str) -> list[tuple[str, str]]:
@@ -153,20 +157,19 @@ def test_spec_cancel_stops_the_trainer_and_ends_the_job_cancelled(cluster, glmop
     def status() -> dict[str, Any]:
         return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel").get("status") or {})
 
-    wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    wait_for("the trainer Job to be recorded", lambda: status().get("trainerJob"), 60, glmops_operator.log_tail)
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel", {"spec": {"cancel": True}}, _content_type=MERGE)
 
-    wait_for(lambda: status().get("phase") == "Cancelled", 60, "phase Cancelled", glmops_operator.log_tail)
+    wait_for("phase Cancelled", lambda: status().get("phase") == "Cancelled", 60, glmops_operator.log_tail)
     succeeded = next(c for c in status()["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "Cancelled") and status().get("completionTime")
-    wait_for(lambda: not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"], 60,
-             "the trainer Job to be deleted", glmops_operator.log_tail)
-    wait_for(lambda: ("Normal", "Cancelled") in _events(api, namespace, "to-cancel"), 30, "a Cancelled event", glmops_operator.log_tail)
+    wait_for("the trainer Job to be deleted", lambda: not _jobs(batch, namespace), 60, glmops_operator.log_tail)
+    wait_for("a Cancelled event", lambda: ("Normal", "Cancelled") in _events(api, namespace, "to-cancel"), 30, glmops_operator.log_tail)
     # An ended job stays ended: taking the request back starts nothing.
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "to-cancel", {"spec": {"cancel": False}}, _content_type=MERGE)
     time.sleep(3)
     assert status()["phase"] == "Cancelled"
-    assert not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+    assert not _jobs(batch, namespace)
 
 
 def test_a_trainer_job_deleted_behind_the_operators_back_cancels_the_job(cluster, glmops_operator, namespace: str) -> None:
@@ -177,13 +180,13 @@ def test_a_trainer_job_deleted_behind_the_operators_back_cancels_the_job(cluster
     def status() -> dict[str, Any]:
         return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orphaned").get("status") or {})
 
-    job = wait_for(lambda: status().get("trainerJob"), 60, "the trainer Job to be recorded", glmops_operator.log_tail)
+    job = wait_for("the trainer Job to be recorded", lambda: status().get("trainerJob"), 60, glmops_operator.log_tail)
     batch.delete_namespaced_job(job, namespace, propagation_policy="Background")
 
-    wait_for(lambda: status().get("phase") == "Cancelled", 60, "phase Cancelled", glmops_operator.log_tail)
+    wait_for("phase Cancelled", lambda: status().get("phase") == "Cancelled", 60, glmops_operator.log_tail)
     succeeded = next(c for c in status()["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "TrainerJobDeleted" and job in succeeded["message"]
-    wait_for(lambda: ("Warning", "TrainerJobDeleted") in _events(api, namespace, "orphaned"), 30, "a Warning event", glmops_operator.log_tail)
+    wait_for("a Warning event", lambda: ("Warning", "TrainerJobDeleted") in _events(api, namespace, "orphaned"), 30, glmops_operator.log_tail)
     glmops_operator.restart()  # a restarted operator does not bring the Job back
     time.sleep(5)
-    assert not json.loads(batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+    assert not _jobs(batch, namespace)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_support import wait_for
+from polling import wait_for
 
 GROUP, VERSION, PLURAL = "glmops.io", "v1alpha1", "finetunejobs"
 
@@ -75,7 +75,7 @@ def test_bad_inputs_fail_with_the_right_reason_and_no_pod(cluster, glmops_operat
         phases = {i["metadata"]["name"]: i.get("status", {}).get("phase") for i in items}
         return all(phases.get(name) == "Failed" for name, *_ in CASES)
 
-    wait_for(all_failed, 120, "every bad FineTuneJob to fail", glmops_operator.log_tail)
+    wait_for("every bad FineTuneJob to fail", all_failed, 120, glmops_operator.log_tail)
     problems = []
     for name, _, reason, field in CASES:
         obj = custom.get_namespaced_custom_object(GROUP, VERSION, prepared_namespace, PLURAL, name)
