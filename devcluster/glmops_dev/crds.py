@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from glmops_dev.cluster import api_server_version
-from glmops_dev.rawapi import discard, read_json
+from glmops_dev.rawapi import discard, read_json_or_none
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -86,15 +86,7 @@ def _ext(api_client: ApiClient) -> Any:
 
 
 def _read_crd(api_client: ApiClient, name: str) -> dict[str, Any] | None:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        response = _ext(api_client).read_custom_resource_definition(name, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    crd: dict[str, Any] = read_json(response)
+    crd: dict[str, Any] | None = read_json_or_none(_ext(api_client).read_custom_resource_definition, name)
     return crd
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from glmops_dev.rawapi import discard, read_json
+from glmops_dev.rawapi import discard, read_json_or_none
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -178,15 +178,7 @@ def _core(api_client: ApiClient) -> Any:
 
 def _read_node(api_client: ApiClient, name: str) -> dict[str, Any] | None:
     """The Node as plain JSON (None when absent); plain JSON copes with any server version."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        response = _core(api_client).read_node(name, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    node: dict[str, Any] = read_json(response)
+    node: dict[str, Any] | None = read_json_or_none(_core(api_client).read_node, name)
     return node
 
 

@@ -19,6 +19,18 @@ def read_json(response: Any) -> Any:
         response.release_conn()
 
 
+def read_json_or_none(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a generated read method raw and parse its answer; None when the object is absent (404)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return read_json(method(*args, _preload_content=False, **kwargs))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def discard(response: Any) -> None:
     """Read and drop a raw response's body so that its connection can be reused."""
     try:

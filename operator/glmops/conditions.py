@@ -55,36 +55,18 @@ def set_condition(
 ) -> list[Condition]:
     """A new condition list with `type_` set; the transition time moves only on a status change."""
     now = now or datetime.now(UTC)
-    result: list[Condition] = []
-    replaced = False
-    for existing in conditions:
-        if existing.type != type_:
-            result.append(existing)
-            continue
-        replaced = True
-        changed = existing.status != status
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=now if changed else existing.last_transition_time,
-                observed_generation=observed_generation,
-            )
-        )
-    if not replaced:
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-                observed_generation=observed_generation,
-            )
-        )
-    return result
+    existing = find_condition(conditions, type_)
+    condition = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=existing.last_transition_time if existing and existing.status == status else now,
+        observed_generation=observed_generation,
+    )
+    if existing is None:
+        return [*conditions, condition]
+    return [condition if c.type == type_ else c for c in conditions]
 
 
 def find_condition(conditions: list[Condition], type_: str) -> Condition | None:

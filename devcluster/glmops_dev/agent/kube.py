@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from glmops_dev.rawapi import discard, read_json
+from glmops_dev.rawapi import discard, read_json, read_json_or_none
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -50,16 +50,7 @@ class AgentApi:
     # -- objects that pods refer to ------------------------------------------------------------
 
     def _read_or_none(self, method: Any, *args: Any) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            result: dict[str, Any] = read_json(
-                method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        result: dict[str, Any] | None = read_json_or_none(method, *args, _request_timeout=REQUEST_TIMEOUT)
         return result
 
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
