@@ -28,7 +28,7 @@ llamacpp: venv
 
 native: kubernetes llamacpp
 
-demo: venv kubernetes
+demo: venv native
 	$(PY) -m glmops_dev demo
 
 test: venv native
