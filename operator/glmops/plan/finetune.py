@@ -30,10 +30,11 @@ from glmops.plan.placement import (
     pod_security_context,
     scale_quantity,
 )
+from glmops.plan.problems import Problem
 from glmops.plan.uris import parse_uri, pod_path
 from glmops.settings import Settings
 
-__all__ = ["GPU_COUNT_LABEL", "GPU_MEMORY_LABEL", "GPU_PRODUCT_LABEL", "GPU_RESOURCE", "GpuNode"]
+__all__ = ["GPU_COUNT_LABEL", "GPU_MEMORY_LABEL", "GPU_PRODUCT_LABEL", "GPU_RESOURCE", "GpuNode", "Problem"]
 
 FTJ_LABEL = "glmops.io/finetunejob"
 CONFIG_FILE = "job.json"
@@ -63,18 +64,6 @@ class ClusterFacts:
     pvcs: frozenset[str] = frozenset()
     outputs_in_use: dict[str, str] = field(default_factory=dict)  # destination URI -> other FineTuneJob
     gpu_nodes: tuple[GpuNode, ...] | None = None  # None: unknown (do not judge placement up front)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A reason the job cannot run as written: which field, why, and how to fix it."""
-
-    reason: Reason
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)
