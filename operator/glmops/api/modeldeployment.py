@@ -11,11 +11,15 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from glmops.api.common import Condition, DnsLabel, DnsSubdomain, ModelUri, Placement, StatusModel, WireModel
+from glmops.api.common import Condition, DnsSubdomain, ModelUri, Placement, StatusModel, WireModel
 from glmops.api.finetunejob import Quantization, Variant
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
+
+# What clients put in the `model` field. No ',' (llama.cpp splits --alias on it), no '=' (vLLM's
+# --lora-modules NAME=PATH) and no spaces; '/', '.' and '_' as in `zai-org/GLM-4.7`.
+ServedModelName = Annotated[str, Field(pattern="^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$", max_length=128)]
 
 
 class Runtime(StrEnum):
@@ -83,7 +87,7 @@ class AdapterSource(WireModel):
 
     fine_tune_job: DnsSubdomain
     """Name of a Succeeded FineTuneJob in the same namespace whose adapter is served; it must have been trained on the same base model as spec.source."""
-    served_model_name: DnsLabel
+    served_model_name: ServedModelName
     """The model name clients put in requests to reach this adapter."""
 
 
@@ -113,8 +117,8 @@ class ModelDeploymentSpec(WireModel):
     """`llamacpp` (GGUF; GPU or CPU) or `vllm` (merged weights or LoRA adapters; GPU)."""
     replicas: Annotated[int, Field(ge=0, le=64)] = 1
     """Serving pods. HPA and KEDA can drive it through the scale subresource."""
-    served_model_name: DnsLabel
-    """The model name clients put in requests (the `model` field of the OpenAI API)."""
+    served_model_name: ServedModelName
+    """The model name clients put in requests (the `model` field of the OpenAI API), e.g. `payments-coder` or `zai-org/GLM-4.7`."""
     strategy: Strategy = Strategy.surge
     """`Surge`: a new pod becomes ready before an old one goes (no request fails; needs room for one more pod). `Recreate`: old pods stop first (for clusters without a spare GPU node)."""
     context_length: Annotated[int, Field(ge=512, le=262144)] = 32768

@@ -185,12 +185,13 @@ def validate_spec(meta: DeploymentMeta, spec: ModelDeploymentSpec) -> list[Probl
         )
     owned = first_owned_flag(spec.extra_args, spec.runtime.value)
     if owned is not None:
-        index, argument, flag = owned
+        index, _argument, flag = owned
         problems.append(
             Problem(
                 Reason.extra_arg_owned,
                 f"spec.extraArgs[{index}]",
-                f"{argument!r} sets {flag}, which glmops sets from the spec (model, names, host, port, sizes, API key, "
+                # The argument's value is not repeated: it could be a credential (--api-key=...).
+                f"this argument sets {flag}, which glmops sets from the spec (model, names, host, port, sizes, API key, "
                 "parsers); use the spec's own field instead and remove it from extraArgs",
             )
         )
@@ -379,8 +380,8 @@ def size_replica(
 def _breakdown(memory: ServingMemory) -> str:
     per = max(memory.gpus, 1)
     return (
-        f"weights {memory.weights_gib / per:.1f}, KV cache {memory.kv_cache_gib:.1f} in all, "
-        f"overhead {memory.overhead_gib_per_gpu:.1f}"
+        f"weights {memory.weights_gib / per:.1f} GiB, KV cache {memory.kv_cache_gib:.1f} GiB in all, "
+        f"overhead {memory.overhead_gib_per_gpu:.1f} GiB"
     )
 
 
@@ -390,7 +391,12 @@ def _placement_problems(spec: ModelDeploymentSpec, placement: ServingPlacement, 
     product = spec.placement.gpu_product
     if nodes_that_fit(facts.gpu_nodes, placement.gpus, placement.min_gpu_memory_mib, product):
         return []
-    field_path = "spec.gpusPerReplica" if spec.gpus_per_replica is not None else "spec.gpuMemoryGiB"
+    if product and not any(n.product == product for n in facts.gpu_nodes):
+        field_path = "spec.placement.gpuProduct"
+    elif spec.gpu_memory_gi_b is not None:
+        field_path = "spec.gpuMemoryGiB"
+    else:
+        field_path = "spec.gpusPerReplica"
     return [
         Problem(
             Reason.not_enough_gpus,
@@ -465,19 +471,21 @@ def _path_in_pod(uri: str, settings: Settings) -> str:
 
 
 def _probes(startup_budget_s: int, settings: Settings) -> dict[str, Any]:
-    health = {"path": "/health", "port": PORT_NAME}
+    def health() -> dict[str, Any]:
+        return {"path": "/health", "port": PORT_NAME}
+
     period = 10
     return {
         # /health answers 503 (llama.cpp) or nothing (vLLM) while the model loads: the startup probe
         # allows the whole load, and liveness only begins after it.
         "startupProbe": {
-            "httpGet": health,
+            "httpGet": health(),
             "periodSeconds": period,
             "timeoutSeconds": 5,
             "failureThreshold": max(6, math.ceil(startup_budget_s / period)),
         },
-        "readinessProbe": {"httpGet": health, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": health, "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 4},
+        "readinessProbe": {"httpGet": health(), "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": health(), "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 4},
     }
 
 

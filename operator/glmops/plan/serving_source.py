@@ -132,7 +132,9 @@ def resolve_source(
     if source.uri is not None and source.artifact is None:
         kind = ArtifactKind.gguf if source.uri.lower().endswith(".gguf") else ArtifactKind.merged
 
-    _check_runtime_fits_artifact(spec, kind, problems)
+    remote_uri = source.uri is not None and parse_uri(source.uri).scheme not in LOCAL_SCHEMES
+    if not remote_uri:  # a remote uri is refused as such; what it holds is unknown
+        _check_runtime_fits_artifact(spec, kind, problems)
     wants_adapters = bool(spec.adapters) or kind is ArtifactKind.adapter
     if spec.adapters and spec.runtime is not Runtime.vllm:
         problems.append(
@@ -172,7 +174,12 @@ def resolve_source(
         main = _from_uri(spec, kind, problems)
         base_identity = source.uri.rstrip("/")
 
-    if spec.adapters and kind in (ArtifactKind.gguf, ArtifactKind.merged) and source.fine_tune_job is not None:
+    if (
+        spec.adapters
+        and spec.runtime is Runtime.vllm
+        and kind in (ArtifactKind.gguf, ArtifactKind.merged)
+        and source.fine_tune_job is not None
+    ):
         problems.append(
             Problem(
                 Reason.adapter_needs_base,
@@ -423,7 +430,7 @@ def _from_uri(spec: ModelDeploymentSpec, kind: ArtifactKind, problems: list[Prob
                 "PersistentVolumeClaim once (e.g. a Job running `hf download` into it) and use pvc://CLAIM/PATH",
             )
         )
-        ok = False
+        return None
     if source.variant is None:
         problems.append(
             Problem(
