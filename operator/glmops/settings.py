@@ -31,6 +31,8 @@ class Settings:
     """Factor on the memory plan's per-GPU need when matching GPU memory labels (the plan already counts CUDA context and workspace)."""
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Literal environment variables added to every trainer container (GLMOPS_EXTRA_TRAINER_ENV=K=V,K2=V2)."""
+    serving_listen_host: str = "0.0.0.0"
+    """Address the inference server binds inside its pod (all of the pod's addresses; a local cluster whose pods share the host's network may use 127.0.0.1)."""
     serving_container_port: int = 8080
     """Port the inference server listens on inside its pod (given to it explicitly: defaults differ between releases)."""
     serving_service_port: int = 8000

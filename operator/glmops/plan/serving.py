@@ -525,6 +525,7 @@ def build_deployment(
                 parallel_slots=placement.parallel_slots,
                 gpu_layers=placement.gpu_layers,
                 port=port,
+                host=settings.serving_listen_host,
                 threads=settings.serving_cpu_only_cpus if gpus == 0 else None,
                 extra_args=tuple(spec.extra_args),
             )
@@ -541,6 +542,7 @@ def build_deployment(
                 parallel_slots=placement.parallel_slots,
                 tensor_parallel_size=gpus,
                 port=port,
+                host=settings.serving_listen_host,
                 gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                 adapters=tuple((a, _path_in_pod(a.uri, settings)) for a in model.adapters),
                 mtp=spec.speculative_decoding is SpeculativeDecoding.mtp,

@@ -93,6 +93,7 @@ class LlamaCppArgs:
     parallel_slots: int
     gpu_layers: int
     port: int
+    host: str = "0.0.0.0"
     threads: int | None = None
     extra_args: tuple[str, ...] = ()
 
@@ -109,7 +110,7 @@ def llamacpp_args(a: LlamaCppArgs) -> list[str]:
         "--alias", a.served_name,
         "--reasoning-format", "deepseek",  # reasoning comes back in message.reasoning_content
         "--metrics",
-        "--host", "0.0.0.0",
+        "--host", a.host,
         "--port", str(a.port),
     ]  # fmt: skip
     if a.threads is not None:
@@ -128,6 +129,7 @@ class VllmArgs:
     tensor_parallel_size: int
     port: int
     gpu_memory_utilization: float
+    host: str = "0.0.0.0"
     adapters: tuple[tuple[ServedAdapter, str], ...] = ()
     """Each adapter with its path inside the pod."""
     mtp: bool = False
@@ -145,7 +147,7 @@ def vllm_args(a: VllmArgs) -> list[str]:
     args = [
         "--model", a.model_path,
         "--served-model-name", a.served_name,
-        "--host", "0.0.0.0",
+        "--host", a.host,
         "--port", str(a.port),
         "--max-model-len", str(a.context_length),
         "--max-num-seqs", str(a.parallel_slots),
