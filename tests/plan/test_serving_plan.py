@@ -332,3 +332,29 @@ def test_golden(case: str) -> None:
     if os.environ.get("GLMOPS_UPDATE_GOLDEN") == "1":
         expected.write_text(rendered)
     assert rendered == expected.read_text()
+
+
+def test_every_example_plans_against_its_finished_job() -> None:
+    """examples/ stay servable: each ModelDeployment plans cleanly once the example jobs succeed."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((REPO / "examples").glob("*.yaml"))]
+    jobs: dict[str, Any] = {}
+    for doc in docs:
+        if doc["kind"] != "FineTuneJob":
+            continue
+        out = doc["spec"]["output"]
+        done = ftj(
+            doc["metadata"]["name"],
+            variant=doc["spec"]["model"]["variant"],
+            base=doc["spec"]["model"]["source"],
+            formats=tuple(out["formats"]),
+            quantizations=tuple(out.get("quantizations", ["Q4_K_M"])),
+            destination=out["destination"],
+        )
+        jobs[doc["metadata"]["name"]] = done
+    deployments = [d for d in docs if d["kind"] == "ModelDeployment"]
+    assert len(deployments) >= 3
+    for doc in deployments:
+        md = ModelDeploymentSpec.model_validate(doc["spec"])
+        cluster = ServingFacts(jobs=jobs, secrets=frozenset({md.api_key_secret or ""}), pvcs=frozenset({"models"}), gpu_nodes=facts().gpu_nodes)
+        result = plan(md, cluster, DeploymentMeta(doc["metadata"]["name"], "ml", "u"))
+        assert result.runnable, (doc["metadata"]["name"], result.problems, result.waits, result.missing)
