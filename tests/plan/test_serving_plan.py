@@ -103,6 +103,11 @@ def test_vllm_gets_shared_memory_sized_for_tensor_parallelism() -> None:
 def test_mtp_speculative_decoding_drafts_one_token() -> None:
     args = container(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75))["args"]
     assert json.loads(flag(args, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
+    # the export does not record whether the MTP layer was kept: the Resolved message says so
+    assert any("MTP layer" in note for note in plan(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75)).notes)
+    mtp = plan(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75)).memory
+    plain = plan(spec(runtime="vllm", gpuMemoryGiB=75)).memory
+    assert mtp is not None and plain is not None and mtp.weights_gib > plain.weights_gib  # the MTP layer is loaded
 
 
 def test_adapters_of_several_jobs_are_lora_modules_on_one_base() -> None:

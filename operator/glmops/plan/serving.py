@@ -165,7 +165,13 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
         build_service(meta, settings),
         build_deployment(meta, spec, model, memory, placement, settings),
     )
-    return ServingPlan((), (), (), model, memory, placement, objects, resolution.notes)
+    notes = resolution.notes
+    if spec.speculative_decoding is SpeculativeDecoding.mtp:
+        notes += (
+            "MTP speculative decoding needs the checkpoint's MTP layer: the export keeps it when the base has one "
+            "but does not record it, so a checkpoint without it fails to start (see Degraded)",
+        )
+    return ServingPlan((), (), (), model, memory, placement, objects, notes)
 
 
 # --- validation that needs no cluster ---------------------------------------------------------
