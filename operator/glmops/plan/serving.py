@@ -167,10 +167,11 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
     )
     notes = resolution.notes
     if spec.speculative_decoding is SpeculativeDecoding.mtp:
-        notes += (
+        mtp_note = (
             "MTP speculative decoding needs the checkpoint's MTP layer: the export keeps it when the base has one "
-            "but does not record it, so a checkpoint without it fails to start (see Degraded)",
+            "but does not record it, so a checkpoint without it fails to start (see Degraded)"
         )
+        notes += (mtp_note,)
     return ServingPlan((), (), (), model, memory, placement, objects, notes)
 
 
