@@ -9,7 +9,9 @@ subresource.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -120,3 +122,43 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 def raw_list(method: Any, namespace: str, **kwargs: Any) -> list[dict[str, Any]]:
     """A namespaced list as plain JSON (old and new servers alike)."""
     return list(json.loads(method(namespace, _preload_content=False, **kwargs).data)["items"])
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_tiny_ggufs(root: Path) -> dict[str, Path]:
+    """Two tiny GLM-4.7-Flash-architecture GGUFs of different random weights (`a`, `b`), and `broken`.
+
+    Built from the real architecture's config with the tiny GLM tokenizer, converted by
+    llama.cpp's own converter: what llama-server loads is a real Flash GGUF, only small.
+    """
+    from transformers import AutoTokenizer
+
+    from glmops_trainer.export.gguf import convert_to_gguf
+    from glmops_trainer.tiny.models import build_tiny_model
+    from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
+
+    build_tiny_tokenizer(root / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    found = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        model_dir = build_tiny_model("glm4_moe_lite", root / f"model-{name}", tokenizer, seed=seed)
+        found[name] = convert_to_gguf(model_dir, root / f"tiny-{name}-Q8_0.gguf", "q8_0")
+    broken = root / "broken-Q4_K_M.gguf"
+    broken.write_bytes(b"this is not a GGUF file\n" * 64)
+    found["broken"] = broken
+    for path in found.values():
+        path.chmod(0o644)
+    return found
+
+
+def gguf_artifacts(ggufs: dict[str, Path], q8: str, q4: str = "broken") -> dict[str, Any]:
+    """status.artifacts of a job whose Q8_0 is GGUF `q8` and Q4_K_M is `q4`, with their real sizes and sha256."""
+    return {
+        "gguf": [
+            {"quantization": q, "uri": f"file://{ggufs[key]}", "sizeBytes": ggufs[key].stat().st_size, "sha256": sha256_of(ggufs[key])}
+            for q, key in (("Q8_0", q8), ("Q4_K_M", q4))
+        ]
+    }

@@ -11,7 +11,6 @@ requests through the Service is in test_modeldeployment_e2e.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -22,12 +21,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 from modeldeployment_support import (
+    build_tiny_ggufs,
     condition,
     create_job,
     create_mdep,
+    gguf_artifacts,
     mdep,
     patch_mdep,
     set_job_status,
+    sha256_of,
 )
 from polling import wait_for
 
@@ -35,41 +37,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 KEY = "tiny-key-123"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny Flash-architecture GGUFs of different weights, and a file that is not a GGUF."""
-    from transformers import AutoTokenizer
-
-    from glmops_trainer.export.gguf import convert_to_gguf
-    from glmops_trainer.tiny.models import build_tiny_model
-    from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-gguf")
-    build_tiny_tokenizer(root / "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-    found = {}
-    for name, seed in (("a", 0), ("b", 1)):
-        model_dir = build_tiny_model("glm4_moe_lite", root / f"model-{name}", tokenizer, seed=seed)
-        found[name] = convert_to_gguf(model_dir, root / f"tiny-{name}-Q8_0.gguf", "q8_0")
-    broken = root / "broken-Q4_K_M.gguf"
-    broken.write_bytes(b"this is not a GGUF file\n" * 64)
-    found["broken"] = broken
-    for path in found.values():
-        path.chmod(0o644)
-    return found
-
-
-def _artifacts(ggufs: dict[str, Path], q8: str, q4: str = "broken") -> dict[str, Any]:
-    return {
-        "gguf": [
-            {"quantization": "Q8_0", "uri": f"file://{ggufs[q8]}", "sizeBytes": ggufs[q8].stat().st_size, "sha256": _sha256(ggufs[q8])},
-            {"quantization": "Q4_K_M", "uri": f"file://{ggufs[q4]}", "sizeBytes": ggufs[q4].stat().st_size, "sha256": _sha256(ggufs[q4])},
-        ]
-    }
+    return build_tiny_ggufs(tmp_path_factory.mktemp("tiny-gguf"))
 
 
 @pytest.fixture
@@ -80,7 +51,7 @@ def served(cluster: Any, glmops_operator: Any, node_agent: Any, namespace: str, 
     )
     for job, q8 in (("tiny-a", "a"), ("tiny-b", "b")):
         create_job(cluster, namespace, job, formats=("gguf",), diagnose=glmops_operator.log_tail)
-        set_job_status(cluster, namespace, job, "Succeeded", _artifacts(tiny_ggufs, q8))
+        set_job_status(cluster, namespace, job, "Succeeded", gguf_artifacts(tiny_ggufs, q8))
     yield namespace
 
 
@@ -114,7 +85,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     wait_for("the deployment to be Ready", lambda: status().get("phase") == "Ready", 240, diagnose)
     current = status()
     assert current["readyReplicas"] == 1 and current["ready"] == "1/1"
-    assert current["servedArtifact"] == {"uri": f"file://{tiny_ggufs['a']}", "sha256": _sha256(tiny_ggufs["a"])}
+    assert current["servedArtifact"] == {"uri": f"file://{tiny_ggufs['a']}", "sha256": sha256_of(tiny_ggufs["a"])}
 
     code, models = _get(port, "/v1/models")
     assert code == 200 and [m["id"] for m in models["data"]] == ["tiny"]
@@ -148,7 +119,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     patch_mdep(cluster, namespace, "tiny", {"strategy": "Recreate", "source": {"fineTuneJob": "tiny-b"}})
     wait_for(
         "the new artifact to serve",
-        lambda: (status().get("servedArtifact") or {}).get("sha256") == _sha256(tiny_ggufs["b"]) and status().get("phase") == "Ready",
+        lambda: (status().get("servedArtifact") or {}).get("sha256") == sha256_of(tiny_ggufs["b"]) and status().get("phase") == "Ready",
         240,
         diagnose,
     )
@@ -185,12 +156,12 @@ def test_a_surge_with_no_spare_gpu_says_so_and_recreate_rolls_out(
     body = mdep(cluster, namespace, "gpu")
     assert "strategy: Recreate" in condition(body, "Degraded")["message"]
     assert condition(body, "Ready")["status"] == "True"
-    assert body["status"]["servedArtifact"]["sha256"] == _sha256(tiny_ggufs["a"])
+    assert body["status"]["servedArtifact"]["sha256"] == sha256_of(tiny_ggufs["a"])
 
     patch_mdep(cluster, namespace, "gpu", {"strategy": "Recreate"})
     wait_for(
         "Recreate to roll the new artifact out",
-        lambda: (status().get("servedArtifact") or {}).get("sha256") == _sha256(tiny_ggufs["b"]) and status().get("phase") == "Ready",
+        lambda: (status().get("servedArtifact") or {}).get("sha256") == sha256_of(tiny_ggufs["b"]) and status().get("phase") == "Ready",
         240,
         diagnose,
     )
