@@ -13,8 +13,8 @@ class Settings:
 
     trainer_image: str = "ghcr.io/glmops/trainer:0.1.0"
     """Image of the trainer (trainer_image/)."""
-    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server-b6800"
-    """llama.cpp server image for ModelDeployment runtime llamacpp."""
+    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server-b11312"
+    """llama.cpp server image for ModelDeployment runtime llamacpp: build b11312 is commit 0c1e57098, the llama.cpp that llama-cpp-python 0.3.36 vendors and the tests run (it serves /v1/messages)."""
     vllm_image: str = "vllm/vllm-openai:v0.12.0"
     """vLLM image for ModelDeployment runtime vllm."""
     pvc_mount_root: str = "/mnt/pvc"
