@@ -158,7 +158,10 @@ def test_a_rank_beyond_vllms_limit_is_refused() -> None:
         ("--max_model_len=4096", "vllm", "--max-model-len"),
         ("--speculative-config.method", "vllm", "--speculative-config"),
         ("--tensor-parallel", "vllm", "--tensor-parallel-size"),  # argparse accepts unambiguous prefixes
-        ("-tp8", "vllm", "-tp"),
+        ("-tp", "vllm", "-tp"),
+        ("--spec-method", "vllm", "--spec-method"),  # a shorthand of --speculative-config
+        ("--device-memory-utilization=0.5", "vllm", "--device-memory-utilization"),
+        ("--no-enable-lora", "vllm", "--no-enable-lora"),
         ("--served-model-name=x", "vllm", "--served-model-name"),
         ("--config", "vllm", "--config"),
         ("--enable-prefix-caching", "vllm", None),

@@ -40,11 +40,13 @@ LLAMACPP_OWNED = frozenset(
 )  # fmt: skip
 VLLM_OWNED = frozenset(
     {
-        "--model", "--served-model-name", "--host", "--port", "--uds", "--api-key", "--config",
-        "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp",
-        "--max-model-len", "--max-num-seqs", "--gpu-memory-utilization",
-        "--enable-lora", "--lora-modules", "--max-lora-rank", "--max-loras",
-        "--speculative-config", "--tool-call-parser", "--reasoning-parser", "--enable-auto-tool-choice",
+        "--model", "--served-model-name", "--host", "--port", "--uds", "--api-key", "--config", "--headless",
+        "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
+        "--data-parallel-size", "-dp", "--data-parallel-size-local", "-dpl",
+        "--max-model-len", "--max-num-seqs", "--gpu-memory-utilization", "--device-memory-utilization",
+        "--enable-lora", "--no-enable-lora", "--lora-modules", "--max-lora-rank", "--max-loras",
+        "--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens",
+        "--tool-call-parser", "--reasoning-parser", "--enable-auto-tool-choice", "--no-enable-auto-tool-choice",
     }
 )  # fmt: skip
 VLLM_EXPERT_PARALLEL = ("--enable-expert-parallel", "-ep")
@@ -53,8 +55,8 @@ VLLM_EXPERT_PARALLEL = ("--enable-expert-parallel", "-ep")
 def owned_flag(argument: str, runtime: str) -> str | None:
     """The glmops-owned flag that `argument` would set, or None when it is the user's to set.
 
-    vLLM's parser also takes `--flag=value`, `--flag_with_underscores`, `--flag.key` (JSON
-    fields) and unambiguous prefixes of long flags; llama.cpp's takes exact names only.
+    vLLM's parser (checked against vllm 0.32's) also takes `--flag=value`, `--flag_with_underscores`,
+    `--flag.key` (JSON fields) and unambiguous prefixes of long flags; llama.cpp's takes exact names.
     """
     if not argument.startswith("-"):
         return None
@@ -68,10 +70,7 @@ def owned_flag(argument: str, runtime: str) -> str | None:
                 if flag.startswith("--") and flag.startswith(name):
                     return flag
         return None
-    for flag in ("-tp", "-pp", "-dp"):
-        if name == flag or name.startswith(flag) and name[len(flag) :].isdigit():
-            return flag
-    return None
+    return name if name in VLLM_OWNED else None
 
 
 def first_owned_flag(extra_args: Sequence[str], runtime: str) -> tuple[int, str, str] | None:
