@@ -141,3 +141,27 @@ def test_connect_prints_settings_from_a_real_status(cluster: Any, glmops_operato
     assert "export ANTHROPIC_AUTH_TOKEN=k-123" in shown and f"export ANTHROPIC_BASE_URL=http://coder.{namespace}.svc:8000" in shown
     missing = subprocess.run([*argv[:4], "nobody", "-n", namespace, "--client", "openai"], env=env, capture_output=True, text=True, check=False)
     assert missing.returncode == 1 and "no ModelDeployment 'nobody'" in missing.stderr
+
+
+def test_status_writes_are_conditional_on_the_version_read(cluster: Any, glmops_operator: Any, namespace: str) -> None:
+    """A writer that computed status from an older read loses (409) instead of undoing a newer status."""
+    import pytest
+    from kubernetes.client.exceptions import ApiException
+
+    from glmops import kube
+
+    create_mdep(cluster, namespace, "cas", servedModelName="cas", source={"fineTuneJob": "none"})
+    # once the operator has said what the deployment waits for, nothing writes to it any more
+    wait_for(
+        "the operator's status",
+        lambda: (mdep(cluster, namespace, "cas").get("status") or {}).get("lastHandledConfiguration"),
+        60,
+        glmops_operator.log_tail,
+    )
+    api = cluster.api_client()
+    read = mdep(cluster, namespace, "cas")["metadata"]["resourceVersion"]
+    kube.patch_custom_status_if(api, MDEP, namespace, "cas", {"ready": "written"}, read)
+    with pytest.raises(ApiException) as stale:
+        kube.patch_custom_status_if(api, MDEP, namespace, "cas", {"ready": "stale"}, read)
+    assert stale.value.status == 409
+    assert mdep(cluster, namespace, "cas")["status"]["ready"] == "written"
