@@ -63,6 +63,8 @@ class Reason(StrEnum):
     variant_required = "VariantRequired"
     extra_arg_owned = "ExtraArgOwned"
     invalid_name = "InvalidName"
+    model_downloading = "ModelDownloading"
+    model_download_failed = "ModelDownloadFailed"
     # serving: what the pods show
     replicas_ready = "ReplicasReady"
     no_ready_replicas = "NoReadyReplicas"

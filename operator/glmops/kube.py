@@ -226,6 +226,8 @@ FIELD_MANAGER = "glmops"
 SERVING_PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Job": ("/apis/batch/v1", "jobs"),
 }
 
 
@@ -291,3 +293,45 @@ def read_secret_value(api: client.ApiClient, namespace: str, name: str, key: str
         return None
     raw = (secret.get("data") or {}).get(key)
     return base64.b64decode(raw).decode("utf-8") if isinstance(raw, str) else None
+
+
+def create_owned(api: client.ApiClient, obj: Mapping[str, Any], owner_uid: str) -> bool:
+    """Create `obj` unless it exists (True when created); one of another owner is ForeignObjectError.
+
+    For objects that are never changed once made (a cache claim, a download Job).
+    """
+    kind, metadata = obj["kind"], obj["metadata"]
+    prefix, plural = SERVING_PATHS[kind]
+    try:
+        request(api, "POST", _path(prefix, plural, metadata["namespace"]), body=dict(obj))
+        return True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    existing = _get_or_none(api, _path(prefix, plural, metadata["namespace"], metadata["name"]))
+    if existing is not None and not owned_by(existing, owner_uid):
+        raise ForeignObjectError(
+            f"{kind} {metadata['namespace']}/{metadata['name']} exists and is not owned by this resource; delete or rename it"
+        )
+    return False
+
+
+def delete_labelled(api: client.ApiClient, kind: str, namespace: str, label_selector: str, keep: str) -> list[str]:
+    """Delete the objects of `kind` matching a selector, except the one named `keep`; returns the names deleted.
+
+    A claim still mounted by a terminating pod stays until that pod is gone (PVC protection).
+    """
+    prefix, plural = SERVING_PATHS[kind]
+    found: Obj = request(api, "GET", _path(prefix, plural, namespace), query={"labelSelector": label_selector})
+    deleted = []
+    for item in found.get("items", []):
+        name = item["metadata"]["name"]
+        if name == keep or item["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": "Background"})
+            deleted.append(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return deleted

@@ -51,6 +51,10 @@ class Settings:
     """Assumed read speed of model storage, which sizes the startup probe (a slow load is never killed)."""
     llamacpp_startup_seconds: int = 60
     """Start-up time of llama-server besides reading the weights."""
+    model_cache_storage_class: str = ""
+    """StorageClass of the claims that hf:// models are downloaded into (empty: the cluster's default)."""
+    model_cache_access_mode: str = "ReadWriteMany"
+    """Access mode of those claims: replicas on several nodes mount them at once (ReadWriteOnce keeps them on one node)."""
     vllm_startup_seconds: int = 600
     """Start-up time of vLLM besides reading the weights (torch.compile, CUDA graph capture, KV cache profiling)."""
 

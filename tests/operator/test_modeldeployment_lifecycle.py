@@ -165,3 +165,26 @@ def test_status_writes_are_conditional_on_the_version_read(cluster: Any, glmops_
         kube.patch_custom_status_if(api, MDEP, namespace, "cas", {"ready": "stale"}, read)
     assert stale.value.status == 409
     assert mdep(cluster, namespace, "cas")["status"]["ready"] == "written"
+
+
+def test_a_hub_model_is_downloaded_by_one_job_into_a_claim(cluster: Any, glmops_operator: Any, namespace: str) -> None:
+    """The claim and Job are made and the deployment waits for them (this cluster cannot bind the claim or reach the Hub)."""
+    uri = "hf://unsloth/GLM-4.7-Flash-GGUF/GLM-4.7-Flash-Q4_K_M.gguf"
+    created = create_mdep(cluster, namespace, "hub", servedModelName="hub", source={"uri": uri, "variant": "flash"}, placement=NOWHERE)
+    wait_for(
+        "the deployment to wait for its download",
+        lambda: condition(mdep(cluster, namespace, "hub"), "Resolved").get("reason") == "ModelDownloading",
+        60,
+        glmops_operator.log_tail,
+    )
+    api = cluster.api_client()
+    claims = raw_list(client.CoreV1Api(api).list_namespaced_persistent_volume_claim, namespace)
+    jobs = raw_list(client.BatchV1Api(api).list_namespaced_job, namespace)
+    assert len(claims) == 1 and len(jobs) == 1
+    job = jobs[0]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["hf", "download", "unsloth/GLM-4.7-Flash-GGUF", "GLM-4.7-Flash-Q4_K_M.gguf"]
+    assert job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claims[0]["metadata"]["name"]
+    assert mdep(cluster, namespace, "hub")["status"]["phase"] == "Pending"
+    assert _deployment(cluster, namespace, "hub") is None  # no replica before the model is there

@@ -30,7 +30,7 @@ CASES: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("job-failed", {"source": {"fineTuneJob": "broken"}}, "Failed", "FineTuneJobFailed", "spec.source.fineTuneJob"),
     ("other-base", {"source": {**JOB, "artifact": "adapter"}, "runtime": "vllm", "adapters": [{"fineTuneJob": "other-base", "servedModelName": "b"}]}, "Failed", "AdapterBaseMismatch", "spec.adapters[0].fineTuneJob"),
     ("adapters-llamacpp", {"source": JOB, "adapters": [{"fineTuneJob": "done", "servedModelName": "b"}]}, "Failed", "FieldNotForRuntime", "spec.adapters"),
-    ("hub-uri", {"source": {"uri": "hf://zai-org/GLM-4.7-Flash", "variant": "flash"}, "runtime": "vllm"}, "Failed", "UriNotServable", "spec.source.uri"),
+    ("s3-uri", {"source": {"uri": "s3://models/glm-4.7-flash", "variant": "flash"}, "runtime": "vllm"}, "Failed", "UriNotServable", "spec.source.uri"),
     ("no-variant", {"source": {"uri": "file:///models/x.gguf"}}, "Failed", "VariantRequired", "spec.source.variant"),
     ("context-too-long", {"source": JOB, "contextLength": 262144}, "Failed", "ContextTooLong", "spec.contextLength"),
     ("tp-eight-flash", {"source": JOB, "runtime": "vllm", "gpusPerReplica": 8}, "Failed", "TensorParallelMismatch", "spec.gpusPerReplica"),

@@ -71,9 +71,11 @@ class ServingSource(WireModel):
     quantization: Quantization | None = None
     """GGUF quantization to serve when artifact is gguf; default: the first one the job produced."""
     uri: ModelUri | None = None
-    """A model instead of a FineTuneJob: pvc://CLAIM/PATH or file:///PATH; a path ending in .gguf is a GGUF file (llama.cpp), anything else a Hugging Face checkpoint folder (vLLM)."""
+    """A model instead of a FineTuneJob: pvc://CLAIM/PATH, file:///PATH, or hf://ORG/NAME[@REVISION][/FILE.gguf] (downloaded once into a claim the replicas share). A path ending in .gguf is a GGUF file (llama.cpp), anything else a Hugging Face checkpoint folder (vLLM)."""
     variant: Variant | None = None
     """With uri: which GLM-4.7 model the files hold (flash or flagship), for sizing and placement. A FineTuneJob says this itself."""
+    credentials_secret: DnsSubdomain | None = None
+    """For hf:// models: a Secret whose key HF_TOKEN authenticates the download (gated or private repositories); referenced, never copied."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ServingSource:

@@ -25,6 +25,7 @@ from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import PLURAL as FTJ_PLURAL
 from glmops.api.modeldeployment import (
     PLURAL,
+    DeploymentPhase,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
@@ -43,6 +44,7 @@ from glmops.plan.serving import (
     plan_serving,
     selector,
 )
+from glmops.plan.serving_download import CACHE_LABEL, cache_names, download_state
 from glmops.plan.serving_source import resolve_source
 from glmops.plan.serving_status import (
     WAIT_REASONS,
@@ -74,16 +76,25 @@ async def mdep_jobs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any)
     return {(namespace, job): name for job in jobs if job} or None
 
 
-def _gather_facts(api: client.ApiClient, namespace: str, spec: ModelDeploymentSpec, memo: kopf.Memo) -> ServingFacts:
+def _gather_facts(
+    api: client.ApiClient, namespace: str, name: str, spec: ModelDeploymentSpec, memo: kopf.Memo
+) -> ServingFacts:
     names = [spec.source.fine_tune_job, *(a.fine_tune_job for a in spec.adapters)]
     jobs = {n: kube.get_custom(api, FTJ_PLURAL, namespace, n) for n in dict.fromkeys(n for n in names if n)}
-    secrets = frozenset(s for s in [spec.api_key_secret] if s and kube.secret_exists(api, namespace, s))
+    wanted = [spec.api_key_secret, spec.source.credentials_secret]
+    secrets = frozenset(s for s in dict.fromkeys(wanted) if s and kube.secret_exists(api, namespace, s))
     resolution = resolve_source(spec, namespace, jobs)
     claims: set[str] = set()
+    downloads: dict[str, str] = {}
     if resolution.model is not None:
         claims = {c for _, uri in model_uris(spec, resolution.model) if (c := parse_uri(uri).claim)}
+        if resolution.model.uri.startswith("hf://"):
+            _, job = cache_names(name, resolution.model.uri)
+            state = download_state(kube.get_job(api, namespace, job))
+            if state is not None:
+                downloads[job] = state
     pvcs = frozenset(c for c in claims if kube.pvc_exists(api, namespace, c))
-    return ServingFacts(jobs=jobs, secrets=secrets, pvcs=pvcs, gpu_nodes=memo.node_cache.get(api))
+    return ServingFacts(jobs=jobs, secrets=secrets, pvcs=pvcs, gpu_nodes=memo.node_cache.get(api), downloads=downloads)
 
 
 def _plan_status(plan: ServingPlan) -> ServingPlanStatus | None:
@@ -155,11 +166,14 @@ def reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str,
                 return
             continue
         if replan:
-            facts = _gather_facts(api, namespace, deployment_spec, memo)
+            facts = _gather_facts(api, namespace, name, deployment_spec, memo)
             plan = plan_serving(meta, deployment_spec, facts, settings)
+            for obj in plan.setup:  # a cache claim and its download Job: made once, never changed
+                kube.create_owned(api, obj, meta.uid)
             if plan.runnable:
                 for obj in plan.objects:
-                    kube.apply_owned(api, obj, meta.uid)
+                    if obj not in plan.setup:
+                        kube.apply_owned(api, obj, meta.uid)
             resolved = resolution_condition(
                 plan.problems, [*plan.waits, *plan.missing], plan.notes, _served_text(plan)
             )
@@ -180,10 +194,21 @@ def reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str,
         status.plan = plan_status if plan_status is not None else previous.plan
         status.served_models = list(served_models)
         if _write(api, body, previous, status):
+            if replan and plan.runnable and status.phase is DeploymentPhase.ready and plan.model is not None:
+                # every replica serves the current version: earlier downloads can go
+                _drop_stale_caches(api, namespace, name, plan.model.origin or plan.model.uri)
             if retry:
                 raise _Retry(retry)
             return
     raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing under the operator; retrying", delay=5)
+
+
+def _drop_stale_caches(api: client.ApiClient, namespace: str, name: str, current_uri: str) -> None:
+    """The downloads of earlier hf:// models, once every replica serves the current version."""
+    keep_claim, keep_job = cache_names(name, current_uri) if current_uri.startswith("hf://") else ("", "")
+    selector = f"{MDEP_LABEL}={name},{CACHE_LABEL}"
+    kube.delete_labelled(api, "Job", namespace, selector, keep_job)
+    kube.delete_labelled(api, "PersistentVolumeClaim", namespace, selector, keep_claim)
 
 
 def _served_text(plan: ServingPlan) -> str:
@@ -264,6 +289,13 @@ def deployment_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | N
     assert namespace is not None
     owner = body["metadata"]["labels"][MDEP_LABEL]
     _sync(memo, namespace, owner, event.get("type") == "DELETED", logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={MDEP_LABEL: kopf.PRESENT}, when=lambda status, **_: bool(status))
+def download_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A model download finished or failed: reconcile its deployment (it waits for the download)."""
+    assert namespace is not None
+    _sync(memo, namespace, body["metadata"]["labels"][MDEP_LABEL], True, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels={MDEP_LABEL: kopf.PRESENT})

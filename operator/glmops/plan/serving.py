@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glmops.api.common import API_VERSION
@@ -38,6 +38,7 @@ from glmops.plan.placement import (
     pod_security_context,
 )
 from glmops.plan.problems import Problem
+from glmops.plan.serving_download import parse_hub_uri, plan_download
 from glmops.plan.serving_memory import (
     GGUF_BITS_PER_WEIGHT,
     MAX_CONTEXT_TOKENS,
@@ -97,6 +98,8 @@ class ServingFacts:
 
     jobs: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     """Every FineTuneJob the spec names, as read (None: not found)."""
+    downloads: Mapping[str, str] = field(default_factory=dict)
+    """Download Job name -> `running`, `succeeded` or `failed: WHY` (glmops.plan.serving_download.download_state)."""
     secrets: frozenset[str] = frozenset()
     pvcs: frozenset[str] = frozenset()
     gpu_nodes: tuple[GpuNode, ...] | None = None  # None: unknown (do not judge placement up front)
@@ -130,6 +133,8 @@ class ServingPlan:
     placement: ServingPlacement | None = None
     objects: tuple[dict[str, Any], ...] = ()
     notes: tuple[str, ...] = ()
+    setup: tuple[dict[str, Any], ...] = ()
+    """Created once when absent, also while waiting: the cache claim and download Job of an hf:// model."""
 
     @property
     def runnable(self) -> bool:
@@ -161,7 +166,35 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
     problems += _placement_problems(spec, placement, facts)
     if problems or missing:
         return ServingPlan(tuple(problems), (), tuple(missing), model, memory, placement, notes=resolution.notes)
+    setup: tuple[dict[str, Any], ...] = ()
+    if parse_uri(model.uri).scheme == "hf":
+        hub = parse_hub_uri(model.uri)
+        assert not isinstance(hub, str), "validated by resolve_source"
+        download = plan_download(
+            meta.name, meta.namespace, meta.uid, model.uri, hub, weights(model, spec)[0], spec.source.credentials_secret, settings
+        )
+        setup = download.objects
+        state = facts.downloads.get(download.job)
+        where = "spec.source.uri" if spec.source.uri else "spec.source.fineTuneJob"
+        if state is None or state == "running":
+            wait = Problem(
+                Reason.model_downloading,
+                where,
+                f"{model.uri} is being downloaded once into PersistentVolumeClaim {download.claim} by Job {download.job}; "
+                "the replicas start when it is complete",
+            )
+            return ServingPlan((), (wait,), (), model, memory, placement, notes=resolution.notes, setup=setup)
+        if state.startswith("failed"):
+            failed = Problem(
+                Reason.model_download_failed,
+                where,
+                f"the download of {model.uri} (Job {download.job}) {state}; check the repository, revision and file, and "
+                "spec.source.credentialsSecret for gated models (kubectl logs job/" + download.job + ")",
+            )
+            return ServingPlan((failed,), (), (), model, memory, placement, notes=resolution.notes, setup=setup)
+        model = replace(model, uri=download.local_uri, origin=model.uri)
     objects = (
+        *setup,
         build_service(meta, settings),
         build_deployment(meta, spec, model, memory, placement, settings),
     )
@@ -172,7 +205,7 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
             "but does not record it, so a checkpoint without it fails to start (see Degraded)"
         )
         notes += (mtp_note,)
-    return ServingPlan((), (), (), model, memory, placement, objects, notes)
+    return ServingPlan((), (), (), model, memory, placement, objects, notes, setup)
 
 
 # --- validation that needs no cluster ---------------------------------------------------------
@@ -258,6 +291,16 @@ def _missing_references(
                 f"Secret {spec.api_key_secret!r} does not exist in namespace {meta.namespace}; create it with key "
                 f"{API_KEY_SECRET_KEY!r} (kubectl create secret generic {spec.api_key_secret} "
                 f"--from-literal={API_KEY_SECRET_KEY}=...) or remove the field",
+            )
+        )
+    token = spec.source.credentials_secret
+    if token and token not in facts.secrets:
+        missing.append(
+            Problem(
+                Reason.secret_not_found,
+                "spec.source.credentialsSecret",
+                f"Secret {token!r} does not exist in namespace {meta.namespace}; create it with key HF_TOKEN "
+                f"(kubectl create secret generic {token} --from-literal=HF_TOKEN=...) or remove the field",
             )
         )
     if model is None:
@@ -452,8 +495,9 @@ def build_service(meta: DeploymentMeta, settings: Settings) -> dict[str, Any]:
 
 
 def served_artifact_annotation(model: ResolvedModel) -> str:
-    """The pod-template annotation naming what this version serves."""
-    return json.dumps({"uri": model.uri if model.kind is not ArtifactKind.adapter else model.adapters[0].uri, "sha256": model.sha256}, sort_keys=True)
+    """The pod-template annotation naming what this version serves (a download by where it came from)."""
+    uri = model.adapters[0].uri if model.kind is ArtifactKind.adapter else (model.origin or model.uri)
+    return json.dumps({"uri": uri, "sha256": model.sha256}, sort_keys=True)
 
 
 def _volumes(model: ResolvedModel, settings: Settings, vllm_shm_gib: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

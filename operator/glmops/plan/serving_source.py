@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,9 +21,12 @@ from glmops.api.finetunejob import Artifacts, FineTuneJob, OutputFormat, Phase
 from glmops.api.modeldeployment import ArtifactKind, ModelDeploymentSpec, Runtime
 from glmops.conditions import Reason
 from glmops.plan.problems import Problem
+from glmops.plan.serving_download import parse_hub_uri
 from glmops.plan.uris import parse_uri
 
 LOCAL_SCHEMES = ("pvc", "file")
+"""What a pod mounts; hf:// models are downloaded into a claim first (glmops.plan.serving_download)."""
+SERVABLE_SCHEMES = (*LOCAL_SCHEMES, "hf")
 BASE_NAME_SUFFIX = "-base"
 """The base model's name when spec.source is an adapter (the adapter takes servedModelName)."""
 _QUANT_IN_NAME = re.compile(r"(Q3_K_M|Q4_0|Q4_K_M|Q5_K_M|Q6_K|Q8_0)", re.IGNORECASE)
@@ -97,6 +100,8 @@ class ResolvedModel:
     model_name: str = ""
     """Name of the model at `uri` in requests."""
     adapters: tuple[ServedAdapter, ...] = ()
+    origin: str | None = None
+    """Where `uri` was downloaded from (hf://), when it is a cache."""
 
     @property
     def served_names(self) -> list[str]:
@@ -132,8 +137,8 @@ def resolve_source(
     if source.uri is not None and source.artifact is None:
         kind = ArtifactKind.gguf if source.uri.lower().endswith(".gguf") else ArtifactKind.merged
 
-    remote_uri = source.uri is not None and parse_uri(source.uri).scheme not in LOCAL_SCHEMES
-    if not remote_uri:  # a remote uri is refused as such; what it holds is unknown
+    remote_uri = source.uri is not None and parse_uri(source.uri).scheme not in SERVABLE_SCHEMES
+    if not remote_uri:  # an unservable uri is refused as such; what it holds is unknown
         _check_runtime_fits_artifact(spec, kind, problems)
     wants_adapters = bool(spec.adapters) or kind is ArtifactKind.adapter
     if spec.adapters and spec.runtime is not Runtime.vllm:
@@ -156,6 +161,15 @@ def resolve_source(
     main: ResolvedModel | None = None
     base_identity = ""  # the base model adapters must have been trained on
     base_variant = source.variant.value if source.variant else ""
+    if source.credentials_secret is not None and not (source.uri or "").startswith("hf://"):
+        problems.append(
+            Problem(
+                Reason.invalid_spec,
+                "spec.source.credentialsSecret",
+                "a token is only used to download an hf:// uri; remove the field (a FineTuneJob's or a PVC's model "
+                "needs none)",
+            )
+        )
     if source.fine_tune_job is not None:
         if source.variant is not None:
             problems.append(
@@ -246,16 +260,7 @@ def resolve_source(
     if waits or problems or main is None:
         return Resolution(None, tuple(waits), tuple(problems), tuple(notes))
     if adapters:
-        main = ResolvedModel(
-            kind=main.kind,
-            variant=main.variant,
-            uri=main.uri,
-            sha256=main.sha256,
-            size_bytes=main.size_bytes,
-            quantization=main.quantization,
-            model_name=main.model_name,
-            adapters=tuple(adapters),
-        )
+        main = replace(main, adapters=tuple(adapters))
     return Resolution(main, (), (), tuple(notes))
 
 
@@ -269,7 +274,16 @@ def _check_runtime_fits_artifact(spec: ModelDeploymentSpec, kind: ArtifactKind, 
                 "vLLM does not serve GLM-4.7 GGUF files; set artifact: merged (or adapter) for vllm, or runtime: llamacpp for a GGUF",
             )
         )
-    if spec.runtime is Runtime.llamacpp and kind is not ArtifactKind.gguf:
+    if spec.runtime is Runtime.llamacpp and kind is not ArtifactKind.gguf and spec.source.uri and not spec.source.artifact:
+        problems.append(
+            Problem(
+                Reason.artifact_runtime_mismatch,
+                field_path,
+                f"{spec.source.uri} is not a .gguf file, and llama.cpp loads one GGUF file: name it (in a Hub repository "
+                "of GGUFs: hf://ORG/NAME/FILE.gguf), or set runtime: vllm for a checkpoint folder",
+            )
+        )
+    elif spec.runtime is Runtime.llamacpp and kind is not ArtifactKind.gguf:
         problems.append(
             Problem(
                 Reason.artifact_runtime_mismatch,
@@ -385,13 +399,13 @@ def _from_job(
         problems.append(_not_produced(f"{where}.artifact", view, "adapter", recorded=True))
         return None
     base = view.base_source.rstrip("/")
-    if base.split("://", 1)[0] not in LOCAL_SCHEMES:
+    if base.split("://", 1)[0] not in SERVABLE_SCHEMES:
         problems.append(
             Problem(
                 Reason.uri_not_servable,
                 f"{where}.fineTuneJob",
-                f"FineTuneJob {view.name!r} trained on {base}; serving pods never download a model each: copy the base "
-                "checkpoint into a PersistentVolumeClaim and serve it with spec.source.uri: pvc://CLAIM/PATH and "
+                f"FineTuneJob {view.name!r} trained on {base}, which serving cannot fetch; copy the base checkpoint into "
+                "a PersistentVolumeClaim and serve it with spec.source.uri: pvc://CLAIM/PATH and "
                 f"spec.adapters: [{{fineTuneJob: {view.name}, servedModelName: {spec.served_model_name}}}]",
             )
         )
@@ -421,16 +435,21 @@ def _from_uri(spec: ModelDeploymentSpec, kind: ArtifactKind, problems: list[Prob
     uri = source.uri.rstrip("/")
     scheme = parse_uri(uri).scheme
     ok = True
-    if scheme not in LOCAL_SCHEMES:
+    if scheme not in SERVABLE_SCHEMES:
         problems.append(
             Problem(
                 Reason.uri_not_servable,
                 "spec.source.uri",
                 f"{scheme}:// models would be downloaded by every serving pod; copy the model into a "
-                "PersistentVolumeClaim once (e.g. a Job running `hf download` into it) and use pvc://CLAIM/PATH",
+                "PersistentVolumeClaim once and use pvc://CLAIM/PATH (hf:// models glmops downloads into one itself)",
             )
         )
         return None
+    if scheme == "hf":
+        hub = parse_hub_uri(uri)
+        if isinstance(hub, str):
+            problems.append(Problem(Reason.uri_not_servable, "spec.source.uri", hub))
+            return None
     if source.variant is None:
         problems.append(
             Problem(

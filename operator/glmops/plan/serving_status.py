@@ -305,6 +305,7 @@ WAIT_REASONS = frozenset(
         Reason.fine_tune_job_not_succeeded,
         Reason.secret_not_found,
         Reason.pvc_not_found,
+        Reason.model_downloading,
         Reason.api_error,
     }
 )
