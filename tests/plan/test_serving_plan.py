@@ -153,6 +153,9 @@ def test_a_rank_beyond_vllms_limit_is_refused() -> None:
         ("-c", "llamacpp", "-c"),
         ("--api-key-file", "llamacpp", "--api-key-file"),
         ("-hf", "llamacpp", "-hf"),
+        ("--hf-token", "llamacpp", "--hf-token"),
+        ("--gpt-oss-20b-default", "llamacpp", "--gpt-oss-20b-default"),  # a preset: another model, downloaded
+        ("--fim-qwen-7b-spec", "llamacpp", "--fim-qwen-7b-spec"),
         ("--flash-attn", "llamacpp", None),
         ("on", "llamacpp", None),
         ("--max_model_len=4096", "vllm", "--max-model-len"),

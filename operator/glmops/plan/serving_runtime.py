@@ -32,6 +32,7 @@ ALL_LAYERS = 999
 LLAMACPP_OWNED = frozenset(
     {
         "-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-dr", "--docker-repo",
+        "-hft", "--hf-token", "-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf",
         "--models-dir", "--models-preset", "--models-max",
         "-c", "--ctx-size", "-np", "--parallel", "-ngl", "--gpu-layers", "--n-gpu-layers",
         "-a", "--alias", "--host", "--port", "--api-key", "--api-key-file",
@@ -56,13 +57,16 @@ def owned_flag(argument: str, runtime: str) -> str | None:
     """The glmops-owned flag that `argument` would set, or None when it is the user's to set.
 
     vLLM's parser (checked against vllm 0.32's) also takes `--flag=value`, `--flag_with_underscores`,
-    `--flag.key` (JSON fields) and unambiguous prefixes of long flags; llama.cpp's takes exact names.
+    `--flag.key` (JSON fields) and unambiguous prefixes of long flags; llama.cpp's (checked against
+    the llama-server of build b11312) takes exact names.
     """
     if not argument.startswith("-"):
         return None
     name = argument.split("=", 1)[0]
     if runtime == "llamacpp":
-        return name if name in LLAMACPP_OWNED else None
+        # presets such as --gpt-oss-20b-default or --fim-qwen-7b-spec swap in (and download) another model
+        preset = name.startswith("--fim-") or name.endswith("-default")
+        return name if name in LLAMACPP_OWNED or preset else None
     if name.startswith("--"):
         name = "--" + name[2:].replace("_", "-").split(".", 1)[0]
         if len(name) > 3:
