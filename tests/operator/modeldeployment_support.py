@@ -131,12 +131,15 @@ def sha256_of(path: Path) -> str:
 def build_tiny_ggufs(root: Path) -> dict[str, Path]:
     """Two tiny GLM-4.7-Flash-architecture GGUFs of different random weights (`a`, `b`), and `broken`.
 
-    Built from the real architecture's config with the tiny GLM tokenizer, converted by
-    llama.cpp's own converter: what llama-server loads is a real Flash GGUF, only small.
+    Built from the real architecture's config with the tiny GLM tokenizer and exported the way
+    the export step does it: merged (with a LoRA adapter whose B is zero, so the weights stay the
+    base's) into the per-expert layout llama.cpp's converter reads, then converted by it.
     """
-    from transformers import AutoTokenizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from glmops_trainer.export.gguf import convert_to_gguf
+    from glmops_trainer.export.merge import merge_lora_streaming
     from glmops_trainer.tiny.models import build_tiny_model
     from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
@@ -144,8 +147,13 @@ def build_tiny_ggufs(root: Path) -> dict[str, Path]:
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     found = {}
     for name, seed in (("a", 0), ("b", 1)):
-        model_dir = build_tiny_model("glm4_moe_lite", root / f"model-{name}", tokenizer, seed=seed)
-        found[name] = convert_to_gguf(model_dir, root / f"tiny-{name}-Q8_0.gguf", "q8_0")
+        base = build_tiny_model("glm4_moe_lite", root / f"base-{name}", tokenizer, seed=seed)
+        untrained = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(str(base)), LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj"])
+        )
+        untrained.save_pretrained(str(root / f"adapter-{name}"))
+        merge_lora_streaming(base, root / f"adapter-{name}", root / f"merged-{name}")
+        found[name] = convert_to_gguf(root / f"merged-{name}", root / f"tiny-{name}-Q8_0.gguf", "q8_0")
     broken = root / "broken-Q4_K_M.gguf"
     broken.write_bytes(b"this is not a GGUF file\n" * 64)
     found["broken"] = broken

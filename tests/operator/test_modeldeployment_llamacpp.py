@@ -55,15 +55,16 @@ def served(cluster: Any, glmops_operator: Any, node_agent: Any, namespace: str, 
     yield namespace
 
 
-def _get(port: int, path: str, key: str | None = KEY) -> tuple[int, dict[str, Any]]:
+def _get(port: int, path: str, key: str | None = KEY) -> tuple[int, str]:
+    """(status, body) of a GET to the serving pod on loopback."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
+            return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, {}
+        return exc.code, ""
 
 
 def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
@@ -88,10 +89,11 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     assert current["servedArtifact"] == {"uri": f"file://{tiny_ggufs['a']}", "sha256": sha256_of(tiny_ggufs["a"])}
 
     code, models = _get(port, "/v1/models")
-    assert code == 200 and [m["id"] for m in models["data"]] == ["tiny"]
+    assert code == 200 and [m["id"] for m in json.loads(models)["data"]] == ["tiny"]
     assert _get(port, "/v1/models", key=None)[0] == 401  # the key from the Secret is enforced
     assert _get(port, "/health", key=None)[0] == 200
-    assert _get(port, "/metrics")[0] == 200  # --metrics
+    code, metrics = _get(port, "/metrics")
+    assert code == 200 and "llamacpp:requests_processing" in metrics  # --metrics, what KEDA scales on
 
     # A new version that cannot load: the old replica keeps serving, Degraded says why.
     patch_mdep(cluster, namespace, "tiny", {"source": {"quantization": "Q4_K_M"}})
