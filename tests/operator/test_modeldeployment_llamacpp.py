@@ -4,9 +4,10 @@ GLM-4.7-Flash-architecture GGUF in a pod of the node agent; status follows the p
 Until pods get their own network namespaces, a serving pod shares this machine's network: the
 operator gives servers a free port on loopback (tests/operator/conftest.py), one replica at a
 time can listen on it, and a surge pod finds the port taken. So this module checks what a single
-replica allows: readiness, the API key, a new version that fails while the old one serves,
-rolling back, and a Recreate rollout to a new artifact. The surge rollout with zero failed
-requests through the Service is in test_modeldeployment_e2e.py.
+replica allows: readiness, the API key, the OpenAI and Anthropic clients on the pod itself
+(reasoning returned apart), a new version that fails while the old one serves, rolling back, a
+Recreate rollout to a new artifact, and a surge that has no spare GPU. The same clients through
+the Service and a surge rollout with zero failed requests are in test_modeldeployment_e2e.py.
 """
 
 from __future__ import annotations
@@ -94,6 +95,22 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     assert _get(port, "/health", key=None)[0] == 200
     code, metrics = _get(port, "/metrics")
     assert code == 200 and "llamacpp:requests_processing" in metrics  # --metrics, what KEDA scales on
+
+    # The clients coding agents use, on the pod itself until Services carry traffic here.
+    import anthropic
+    import openai
+
+    chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
+    )
+    message = chat.choices[0].message
+    # GLM-4.7's template opens the answer with <think>: --jinja --reasoning-format deepseek return it apart
+    reasoning = getattr(message, "reasoning_content", None) or (message.model_extra or {}).get("reasoning_content")
+    assert reasoning and "<think>" not in (message.content or "")
+    answer = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=KEY).messages.create(
+        model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert answer.role == "assistant" and answer.content  # /v1/messages
 
     # A new version that cannot load: the old replica keeps serving, Degraded says why.
     patch_mdep(cluster, namespace, "tiny", {"source": {"quantization": "Q4_K_M"}})
