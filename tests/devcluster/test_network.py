@@ -24,8 +24,7 @@ import pytest
 from polling import wait_for
 
 from glmops_dev.agent.runtime import ContainerProcess, LaunchSpec, PodNamespaces, run_exec
-from glmops_dev.network import ClusterNetwork, PodSandbox, SlotPlan, service_host_names
-from glmops_dev.network import iproute
+from glmops_dev.network import ClusterNetwork, PodSandbox, SlotPlan, iproute, service_host_names
 from glmops_dev.network.addresses import (
     BLOCK,
     RESERVED_SLOT,
@@ -35,7 +34,13 @@ from glmops_dev.network.addresses import (
     slot_of_address,
     slot_of_name,
 )
-from glmops_dev.network.dnsnames import block_markers_present, host_lines, service_records, with_block, without_block
+from glmops_dev.network.dnsnames import (
+    block_markers_present,
+    host_lines,
+    service_records,
+    with_block,
+    without_block,
+)
 from glmops_dev.network.dnsquery import build_query, parse_answer
 from glmops_dev.network.hostsfile import read_hosts
 from glmops_dev.network.podfiles import PodDnsError, hosts_file, pod_hostname, resolv_conf
@@ -81,7 +86,12 @@ def test_names_of_a_slot_fit_the_kernel_and_say_their_slot() -> None:
     uid = "0f9c2d7e-1b2a-4c3d-9e8f-0123456789ab"
     assert len(plan.host_link) <= 15 and len(plan.pod_veth(uid)) <= 15
     assert plan.pod_veth(uid) != plan.pod_veth(uid.replace("0f", "1f"))
-    assert slot_of_name(plan.node_netns) == slot_of_name(plan.host_link) == slot_of_name(plan.pod_netns(uid)) == 62
+    assert (
+        slot_of_name(plan.node_netns)
+        == slot_of_name(plan.host_link)
+        == slot_of_name(plan.pod_netns(uid))
+        == 62
+    )
     assert slot_of_name("glmops-s620") is None  # not a slot of the plan
     assert slot_of_name("eth0") is None
     assert plan.pod_uid_of_netns(plan.pod_netns(uid)) == uid
@@ -199,7 +209,10 @@ def test_an_etc_hosts_block_is_replaced_and_removed_without_touching_anything_el
     updated = with_block(two, "glmops pod network slot 3", ["100.67.64.11\tapi.ml.svc"])
     assert "100.67.64.10" not in updated and "100.67.64.11\tapi.ml.svc" in updated
     assert "100.68.64.10\tweb.ml.svc" in updated  # the other slot's block stays
-    assert without_block(without_block(updated, "glmops pod network slot 3"), "glmops pod network slot 4") == original
+    assert (
+        without_block(without_block(updated, "glmops pod network slot 3"), "glmops pod network slot 4")
+        == original
+    )
     assert with_block(original, "glmops pod network slot 3", []) == original
     # Without a file's last newline the block still starts on a line of its own.
     assert with_block("127.0.0.1 localhost", "m", ["1.2.3.4\tx"]).startswith("127.0.0.1 localhost\n# BEGIN m")
@@ -314,7 +327,9 @@ def test_pods_get_their_own_namespace_address_and_port_and_nothing_outside_the_b
     servers = [start_server(first, "first", tmp_path), start_server(second, "second", tmp_path)]
     try:
         # Both listen on 8080; the host reaches each at its own address (as probes do).
-        wait_for("both servers", lambda: connect_error(first.ip) is None and connect_error(second.ip) is None, 30)
+        wait_for(
+            "both servers", lambda: connect_error(first.ip) is None and connect_error(second.ip) is None, 30
+        )
         assert http_get(first.ip) == "first"
         assert http_get(second.ip) == "second"
         # Pod to pod, across the bridge; the pod's hostname is its own.
@@ -374,12 +389,14 @@ def test_two_networks_get_different_slots_and_cannot_reach_each_other(
 ) -> None:
     with ClusterNetwork.create(tmp_path / "other") as other:
         assert other.plan.slot != network.plan.slot
-        assert not ipaddress.IPv4Network(other.plan.pod_cidr).overlaps(ipaddress.IPv4Network(network.plan.pod_cidr))
+        assert not ipaddress.IPv4Network(other.plan.pod_cidr).overlaps(
+            ipaddress.IPv4Network(network.plan.pod_cidr)
+        )
         mine, theirs = network.pods.setup("uid-mine"), other.pods.setup("uid-theirs")
         server = start_server(theirs, "theirs", tmp_path)
         try:
             wait_for("the other network's server", lambda: connect_error(theirs.ip) is None, 30)
-            code, output = in_pod(
+            _code, output = in_pod(
                 mine,
                 "import socket\ns = socket.socket(); s.settimeout(3)\n"
                 f"try:\n    s.connect(('{theirs.ip}', 8080)); print('connected')\n"

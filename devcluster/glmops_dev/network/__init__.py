@@ -12,12 +12,14 @@ the model.
 
 from glmops_dev.network.addresses import BLOCK, SlotPlan
 from glmops_dev.network.cluster_network import ClusterNetwork, service_host_names
+from glmops_dev.network.iproute import PodNetworkError
 from glmops_dev.network.sandbox import PodNetwork, PodSandbox, SandboxError
 
 __all__ = [
     "BLOCK",
     "ClusterNetwork",
     "PodNetwork",
+    "PodNetworkError",
     "PodSandbox",
     "SandboxError",
     "SlotPlan",

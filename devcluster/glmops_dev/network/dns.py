@@ -38,7 +38,7 @@ WATCH_TIMEOUT_S = 30
 REQUEST_TIMEOUT = (5.0, 30.0)
 
 
-class ClusterDnsError(RuntimeError):
+class ClusterDnsError(iproute.PodNetworkError):
     """The DNS server did not start or answer; the message carries its log's tail."""
 
 

@@ -22,7 +22,11 @@ COMMAND_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1
 
 
-class NetworkCommandError(RuntimeError):
+class PodNetworkError(RuntimeError):
+    """The pod network could not be set up or used; the message says what failed and how to fix it."""
+
+
+class NetworkCommandError(PodNetworkError):
     """A network command failed; the message holds the command and its error output."""
 
 

@@ -33,7 +33,7 @@ HEALTHZ_PORT = 10256
 METRICS_ADDRESS = "127.0.0.1:10249"
 
 
-class KubeProxyError(RuntimeError):
+class KubeProxyError(iproute.PodNetworkError):
     """kube-proxy did not start or program the rules; the message carries its log's tail."""
 
 

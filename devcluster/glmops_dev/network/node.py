@@ -27,7 +27,7 @@ log = logging.getLogger("glmops_dev.network")
 BRIDGE_NF_SYSCTL = "net.bridge.bridge-nf-call-iptables"
 
 
-class NodeNetworkError(RuntimeError):
+class NodeNetworkError(iproute.PodNetworkError):
     """The node namespace could not be set up; the message says what failed and how to fix it."""
 
 

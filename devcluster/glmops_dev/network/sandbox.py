@@ -28,7 +28,7 @@ from glmops_dev.network.slots import runtime_dir
 log = logging.getLogger("glmops_dev.network")
 
 
-class SandboxError(RuntimeError):
+class SandboxError(iproute.PodNetworkError):
     """A pod's network could not be set up; the message says which step failed."""
 
 

@@ -40,7 +40,7 @@ _SLOT_DIR = re.compile(r"^slot-(\d+)$")
 _HOSTS_MARKER = re.compile(r"^# BEGIN glmops pod network slot (\d+) ")
 
 
-class SlotsExhaustedError(RuntimeError):
+class SlotsExhaustedError(iproute.PodNetworkError):
     """Every slot of the block is held by a running environment."""
 
 
