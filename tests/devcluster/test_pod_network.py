@@ -282,7 +282,7 @@ def test_a_rolling_update_behind_a_service_name_fails_no_request(
     cluster: KubeCluster, namespace: str, node_agent: NodeAgent
 ) -> None:
     wait_default_service_account(cluster, namespace)
-    apply(cluster, namespace, web_deployment(pre_stop_s=3), web_service())
+    apply(cluster, namespace, web_deployment(pre_stop_s=5), web_service())
     old = {p["metadata"]["name"] for p in ready_replicas(cluster, namespace, 2, node_agent)}
     cluster_ip = get(cluster, namespace, "service", "web")["spec"]["clusterIP"]
     host_name = f"web.{namespace}.svc"
@@ -292,7 +292,7 @@ def test_a_rolling_update_behind_a_service_name_fails_no_request(
 
     with ClientLoop(url) as loop:
         time.sleep(2)
-        apply(cluster, namespace, web_deployment(version="v2", pre_stop_s=3))
+        apply(cluster, namespace, web_deployment(version="v2", pre_stop_s=5))
 
         def rolled_out() -> bool:
             current = pods(cluster, namespace, "app=web")

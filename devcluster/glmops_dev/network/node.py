@@ -13,6 +13,7 @@ stays as it was) and passes bridged frames through iptables (``bridge-nf-call-ip
 that a pod reaching a Service backed by a pod on the same bridge gets its answer un-NATed.
 kube-proxy runs inside it: its rules, and the ``route_localnet`` it sets, belong to this
 namespace and vanish with it, and several environments' kube-proxies never see each other.
+Removing it is :func:`glmops_dev.network.slots.clean_slot`'s job (pods' namespaces first).
 """
 
 from __future__ import annotations
@@ -69,11 +70,3 @@ def create_node_namespace(plan: SlotPlan) -> None:
     log.info(
         "slot %d: node namespace %s with bridge %s/%s", plan.slot, ns, plan.bridge_ip, plan.pod_prefix_length
     )
-
-
-def delete_node_namespace(plan: SlotPlan) -> None:
-    """Remove the node namespace, the host's link (its routes go with it) and what runs inside."""
-    iproute.delete_link(plan.host_link)
-    iproute.delete_netns(plan.node_netns)
-    if not iproute.wait_link_gone(plan.host_link):
-        raise NodeNetworkError(f"the host link {plan.host_link} of slot {plan.slot} did not go away")
