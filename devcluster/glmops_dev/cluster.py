@@ -42,6 +42,7 @@ import yaml
 
 from glmops_dev.binaries import ControlPlaneBinaries, ensure_binaries, tail
 from glmops_dev.network.addresses import STANDALONE_KUBERNETES_SERVICE_IP, STANDALONE_SERVICE_CIDR, SlotPlan
+from glmops_dev.network.iproute import set_parent_death_signal
 from glmops_dev.rawapi import read_json
 
 if TYPE_CHECKING:
@@ -247,6 +248,8 @@ class LocalCluster(KubeCluster):
     Use as a context manager (``with LocalCluster() as cluster: ...``) or call :meth:`start`
     and :meth:`stop`. Every process runs in its own process group and logs to
     ``<state_dir>/<component>.log``; when a component fails, the error shows its log's tail.
+    The processes get SIGKILL when the thread that started them ends (parent-death signal), so
+    a run killed outright leaves none behind: start it from a thread that outlives it.
     """
 
     def __init__(
@@ -501,6 +504,8 @@ class LocalCluster(KubeCluster):
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
                 start_new_session=True,
+                # A run killed outright must not leave an API server on its pod network's address.
+                preexec_fn=set_parent_death_signal,  # noqa: PLW1509 - only a prctl before exec
             )
         self._processes.append(process)
         self._components.append(_Component(name, process, log_path))

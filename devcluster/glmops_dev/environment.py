@@ -101,7 +101,7 @@ def start_environment(
     Call it from a thread that lives as long as the environment (kube-proxy and the DNS server
     end with the thread that started them).
     """
-    network = ClusterNetwork.create(keep_state=keep_state) if pod_network else None
+    network = ClusterNetwork.create() if pod_network else None
     try:
         return _start(network, state_dir, crds_dir, profiles, use_existing, build, keep_state, heartbeat_interval_s)
     except BaseException:

@@ -8,6 +8,7 @@ update behind a Service loses no request; and an environment leaves nothing behi
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -24,6 +25,7 @@ import pytest
 from polling import wait_for
 
 from glmops_dev.agent import NodeAgent, start_agent
+from glmops_dev.agent.volumes import hostpath_dir
 from glmops_dev.cluster import KubeCluster
 from glmops_dev.environment import start_environment
 from glmops_dev.network import ClusterNetwork, iproute
@@ -358,8 +360,6 @@ def test_deleting_a_pod_runs_its_pre_stop_hook_before_sigterm_within_the_grace_p
             },
         },
     )
-    from glmops_dev.agent.volumes import hostpath_dir
-
     folder = hostpath_dir(node_agent.state_dir, host_dir)
     wait_for("the container to start", lambda: (folder / "started").exists(), 60)
     deleted_at = time.time()
@@ -404,15 +404,24 @@ def slot_traces(network: ClusterNetwork) -> list[str]:
     return traces
 
 
+class MidTestFailure(Exception):
+    """Stands for a test that fails while its environment runs."""
+
+
 @pytest.mark.slow
-def test_a_second_environment_has_its_own_slot_and_leaves_nothing_behind_even_after_an_error(
-    cluster: KubeCluster, node_agent: NodeAgent, tmp_path: Path, host_network_before: dict[str, Any]
+@pytest.mark.parametrize("ending", ["normal", "error"])
+def test_a_second_environment_has_its_own_slot_and_leaves_nothing_behind(
+    cluster: KubeCluster,
+    node_agent: NodeAgent,
+    tmp_path: Path,
+    host_network_before: dict[str, Any],
+    ending: str,
 ) -> None:
     first = cluster.network
     assert first is not None
     seen: dict[str, Any] = {}
     with (
-        pytest.raises(RuntimeError, match="a failure in the middle of a test"),
+        pytest.raises(MidTestFailure) if ending == "error" else contextlib.nullcontext(),
         start_environment(profiles=[profile("cpu")], heartbeat_interval_s=None) as second,
     ):
         network = second.network
@@ -446,9 +455,10 @@ def test_a_second_environment_has_its_own_slot_and_leaves_nothing_behind_even_af
                 90,
             )
             assert block_markers_present(read_hosts(), network.plan.hosts_block_marker)
+            if ending == "error":
+                raise MidTestFailure("the environment must still be removed")
         finally:
             agent.stop()
-        raise RuntimeError("a failure in the middle of a test")
     network = seen["network"]
     assert network.closed
     assert slot_traces(network) == []

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -87,7 +86,11 @@ class ClusterNetwork:
 
     @classmethod
     def create(cls, state_dir: Path | None = None, *, keep_state: bool = False) -> ClusterNetwork:
-        """Take a free slot and build its node namespace and host routes (needs root)."""
+        """Take a free slot and build its node namespace and host routes (needs root).
+
+        ``state_dir``: where kube-proxy's and dnsmasq's logs go (default: the slot's runtime
+        folder under /run, removed with the slot); ``keep_state`` keeps a given one after close.
+        """
         lease = acquire_slot()
         try:
             create_node_namespace(lease.plan)
@@ -96,12 +99,11 @@ class ClusterNetwork:
                 clean_slot(lease.plan)
             lease.release()
             raise
-        if state_dir is None:
-            folder = Path(tempfile.mkdtemp(prefix=f"glmops-network-s{lease.plan.slot}-"))
-        else:
-            folder = state_dir
-            folder.mkdir(parents=True, exist_ok=True)
-        return cls(lease, folder, keep_state)
+        # By default the logs live in the slot's runtime folder, which the sweep removes even
+        # after a run that was killed outright.
+        folder = state_dir if state_dir is not None else lease.runtime_dir / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(lease, folder, keep_state and state_dir is not None)
 
     # -- services ------------------------------------------------------------------------------
 
