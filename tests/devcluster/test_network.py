@@ -18,11 +18,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from polling import wait_for
 
+from glmops_dev.agent.env import field_value
+from glmops_dev.agent.podstatus import ConditionMemory, PodAddresses, build_status
 from glmops_dev.agent.runtime import ContainerProcess, LaunchSpec, PodNamespaces, run_exec
 from glmops_dev.network import ClusterNetwork, PodSandbox, SlotPlan, iproute, service_host_names
 from glmops_dev.network.addresses import (
@@ -43,6 +46,7 @@ from glmops_dev.network.dnsnames import (
 )
 from glmops_dev.network.dnsquery import build_query, parse_answer
 from glmops_dev.network.hostsfile import read_hosts
+from glmops_dev.network.kubeproxy import kube_proxy_args
 from glmops_dev.network.podfiles import PodDnsError, hosts_file, pod_hostname, resolv_conf
 from glmops_dev.network.slots import slot_held
 
@@ -100,6 +104,38 @@ def test_names_of_a_slot_fit_the_kernel_and_say_their_slot() -> None:
 
 def test_service_names_the_pods_and_the_host_use() -> None:
     assert service_host_names("web", "ml") == ["web", "web.ml", "web.ml.svc", "web.ml.svc.cluster.local"]
+
+
+def test_kube_proxy_runs_in_iptables_mode_for_the_slot_and_leaves_global_settings_alone() -> None:
+    plan = SlotPlan(4)
+    args = kube_proxy_args(plan, Path("/k/kube-proxy.kubeconfig"), "sim-cpu")
+    assert "--proxy-mode=iptables" in args
+    assert f"--cluster-cidr={plan.pod_cidr}" in args  # traffic from the host is masqueraded
+    assert "--hostname-override=sim-cpu" in args
+    # conntrack limits and timeouts are kernel-wide: 0 leaves them as they are; no OOM immunity.
+    for flag in ("--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+                 "--conntrack-tcp-timeout-close-wait=0", "--oom-score-adj=0"):  # fmt: skip
+        assert flag in args
+    assert f"--healthz-bind-address={plan.node_link_ip}:10256" in args
+    assert "--metrics-bind-address=127.0.0.1:10249" in args
+
+
+def test_a_pod_reports_its_ip_once_it_has_one_and_the_downward_api_reads_it() -> None:
+    pod = {
+        "metadata": {"name": "p", "namespace": "ml"},
+        "spec": {"restartPolicy": "Always", "containers": []},
+    }
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    before = build_status(pod, [], [], ConditionMemory(), now, {}, addresses=PodAddresses("100.67.0.1"))
+    assert before["hostIP"] == "100.67.0.1" and "podIP" not in before
+    after = build_status(
+        pod, [], [], ConditionMemory(), now, {}, addresses=PodAddresses("100.67.0.1", "100.67.128.4")
+    )
+    assert (after["podIP"], after["podIPs"]) == ("100.67.128.4", [{"ip": "100.67.128.4"}])
+    view = {**pod, "status": after}
+    assert field_value(view, "status.podIP") == "100.67.128.4"
+    assert field_value(view, "status.podIPs") == "100.67.128.4"
+    assert field_value(view, "status.hostIP") == "100.67.0.1"
 
 
 # -- files of a pod -----------------------------------------------------------------------------

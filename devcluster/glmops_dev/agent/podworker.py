@@ -704,7 +704,7 @@ class PodWorker:
             self.ctx.api.emit_event(
                 self.pod, "Normal", "Killing", f"Stopping container {runtime.name}", runtime.name
             )
-        if pre_stop:
+        if pre_stop and grace_s > 0:
             self._run_pre_stop(running, deadline)
             # A hook that used the whole grace period still leaves the process a moment after SIGTERM.
             deadline = max(deadline, time.monotonic() + min(grace_s, MINIMUM_GRACE_S))
