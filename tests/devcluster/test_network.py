@@ -373,7 +373,11 @@ def test_pods_get_their_own_namespace_address_and_port_and_nothing_outside_the_b
             first,
             "import socket\n"
             f"s = socket.create_connection(('{second.ip}', 8080), timeout=5)\n"
-            "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(4096).split(b'\\r\\n\\r\\n')[1].decode())\n",
+            "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+            "data = b''\n"
+            "while chunk := s.recv(4096):\n"
+            "    data += chunk\n"
+            "print(data.split(b'\\r\\n\\r\\n', 1)[1].decode())\n",
         )
         assert (code, output.strip()) == (0, "second")
         # Only lo and eth0; one route out: the block, via the bridge. No default route.
@@ -383,7 +387,7 @@ def test_pods_get_their_own_namespace_address_and_port_and_nothing_outside_the_b
         code, output = in_pod(
             first,
             "import socket\ns = socket.socket(); s.settimeout(3)\n"
-            "try:\n    s.connect(('192.0.2.1', 80))\nexcept OSError as e:\n    print(e.errno)\n",
+            "try:\n    s.connect(('198.51.100.7', 80))\nexcept OSError as e:\n    print(e.errno)\n",
         )
         assert output.strip() == str(errno.ENETUNREACH)
         links = {link["ifname"] for link in json.loads(iproute.ip("-j", "link", "show", netns=first.netns))}
