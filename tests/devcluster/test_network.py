@@ -384,6 +384,7 @@ def test_pods_get_their_own_namespace_address_and_port_and_nothing_outside_the_b
         routes = json.loads(iproute.ip("-j", "route", "show", netns=first.netns))
         assert {r["dst"] for r in routes} == {plan.pod_cidr, str(BLOCK)}
         assert all(r.get("gateway") in (None, plan.bridge_ip) for r in routes)
+        # An address outside the block (a documentation range): refused in the pod, nothing is sent.
         code, output = in_pod(
             first,
             "import socket\ns = socket.socket(); s.settimeout(3)\n"
