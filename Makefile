@@ -3,7 +3,8 @@
 #   make test   set up .venv, build (or reuse) the native parts, and run the whole test suite (CI runs this)
 #
 # Slow builds are cached under ~/.cache/glmops keyed by version, so a warm machine skips them:
-#   scripts/build-kubernetes.sh  kube-apiserver, -controller-manager, -scheduler, kubectl 1.20.2 (+ etcd from Debian)
+#   scripts/build-kubernetes.sh  kube-apiserver, -controller-manager, -scheduler, kubectl, kube-proxy 1.20.2
+#                                (+ etcd and the pod network's tools from Debian)
 #   scripts/build-llama-cpp.sh   llama-quantize, llama-server and the llama-cpp-python wheel (0.3.36 sdist)
 PYTHON ?= python3.11
 VENV := .venv

@@ -23,9 +23,18 @@
 # names a folder holding all binaries, nothing is built either. The build goes into a temporary folder that is renamed
 # into place at the end, so a half-built cache is never taken for a complete one.
 #
+# kube-proxy (the local cluster's Service proxy, run in iptables mode) is built from the same
+# prepared source into its own cache entry, ${CACHE_ROOT}/kube-proxy-$K8S_VERSION/bin, with its
+# own STAMP, recipe number and lock: adding it never invalidates a complete control-plane cache,
+# and a warm kube-proxy cache skips its build (about 2 minutes otherwise). The tools pod
+# networking runs come from Debian and are installed in every case: iproute2, iptables
+# (kube-proxy's backend), ipset (`kube-proxy --cleanup` needs it), conntrack and dnsmasq-base
+# (the local cluster DNS).
+#
 # Environment:
 #   GLMOPS_CACHE_DIR   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/glmops)
 #   KUBEBUILDER_ASSETS folder with prebuilt binaries (envtest convention); skips the build
+#                      (kube-proxy's too, when the folder holds one)
 #   GLMOPS_BUILD_JOBS  parallel Go build jobs (default: number of CPUs)
 set -euo pipefail
 
@@ -38,6 +47,11 @@ K8S_GIT_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56
 CACHE_ROOT="${GLMOPS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/glmops}"
 DEST="$CACHE_ROOT/k8s-$K8S_VERSION"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kube-proxy's own cache entry; glmops_dev/binaries.py (KUBE_PROXY_RECIPE) checks the same number.
+KUBE_PROXY_RECIPE=1
+PROXY_DEST="$CACHE_ROOT/kube-proxy-$K8S_VERSION"
+# What pod networking runs (Debian package names).
+NETWORK_PACKAGES=(iproute2 iptables ipset conntrack dnsmasq-base)
 DEB_SRC_FILE=/etc/apt/sources.list.d/glmops-deb-src.sources
 
 log() { printf '[build-kubernetes] %s\n' "$*" >&2; }
@@ -85,6 +99,10 @@ cache_complete() {
     done
 }
 
+proxy_cache_complete() {
+    grep -qx "recipe=$KUBE_PROXY_RECIPE" "$PROXY_DEST/STAMP" 2>/dev/null && [[ -x "$PROXY_DEST/bin/kube-proxy" ]]
+}
+
 assets_complete() {
     local bin
     [[ -n "${KUBEBUILDER_ASSETS:-}" ]] || return 1
@@ -126,60 +144,57 @@ EOF
     apt_updated=0
 }
 
-build() {
+# Download Debian's source package into $1 and patch it for building. Sets SRC (the source
+# tree), ORIG (the upstream tarball) and PATCHES (debian|none) for the STAMP.
+prepare_source() {
+    local work=$1
     ensure_deb_src
     apt_update
     apt_install golang-go rsync make dpkg-dev golang-github-modern-go-reflect2-dev
 
-    mkdir -p "$CACHE_ROOT"
-    local work
-    work=$(mktemp -d "$CACHE_ROOT/.build-k8s-$K8S_VERSION.XXXXXX")
-    # shellcheck disable=SC2064  # expand $work now: it is local
-    trap "rm -rf '$work'" EXIT
-
     log "downloading Debian's kubernetes source package into $work"
     (cd "$work" && apt-get source --download-only kubernetes)
-    local orig
-    orig=$(find "$work" -maxdepth 1 -name "kubernetes_*$K8S_VERSION.orig.tar.*" ! -name '*.asc' | head -n1)
-    [[ -n "$orig" ]] || die "no orig tarball of Kubernetes $K8S_VERSION in $(ls "$work")"
+    ORIG=$(find "$work" -maxdepth 1 -name "kubernetes_*$K8S_VERSION.orig.tar.*" ! -name '*.asc' | head -n1)
+    [[ -n "$ORIG" ]] || die "no orig tarball of Kubernetes $K8S_VERSION in $(ls "$work")"
 
-    local src="$work/src" patches dsc
+    SRC="$work/src"
+    local dsc
     dsc=$(find "$work" -maxdepth 1 -name 'kubernetes_*.dsc' | head -n1)
-    if [[ -n "$dsc" ]] && (cd "$work" && dpkg-source --no-check -x "$(basename "$dsc")" "$src") >"$work/dpkg-source.log" 2>&1; then
+    if [[ -n "$dsc" ]] && (cd "$work" && dpkg-source --no-check -x "$(basename "$dsc")" "$SRC") >"$work/dpkg-source.log" 2>&1; then
         log "unpacked $(basename "$dsc") with Debian's patches"
-        patches="debian"
+        PATCHES="debian"
     else
         log "Debian's patches do not apply ($(tail -n1 "$work/dpkg-source.log" 2>/dev/null)); using the upstream tarball only"
-        rm -rf "$src" "$work/unpack"
+        rm -rf "$SRC" "$work/unpack"
         mkdir -p "$work/unpack"
-        tar -xf "$orig" -C "$work/unpack"
+        tar -xf "$ORIG" -C "$work/unpack"
         if [[ $(find "$work/unpack" -mindepth 1 -maxdepth 1 | wc -l) -eq 1 ]]; then
-            src=$(find "$work/unpack" -mindepth 1 -maxdepth 1 -type d)
+            SRC=$(find "$work/unpack" -mindepth 1 -maxdepth 1 -type d)
         else
-            src="$work/unpack"
+            SRC="$work/unpack"
         fi
-        patches="none"
+        PATCHES="none"
     fi
-    [[ -d "$src/vendor" && -f "$src/Makefile" ]] || die "unexpected source layout in $src (no vendor/ or Makefile)"
+    [[ -d "$SRC/vendor" && -f "$SRC/Makefile" ]] || die "unexpected source layout in $SRC (no vendor/ or Makefile)"
 
     # The vendored reflect2 1.0.1 faults in mapiterinit under Go >= 1.18; Debian ships 1.0.2.
     local reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
     [[ -d "$reflect2" ]] || die "$reflect2 missing (package golang-github-modern-go-reflect2-dev)"
-    rm -rf "$src/vendor/github.com/modern-go/reflect2"
-    mkdir -p "$src/vendor/github.com/modern-go/reflect2"
-    cp -a "$reflect2/." "$src/vendor/github.com/modern-go/reflect2/"
-    rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod" "$src/vendor/github.com/modern-go/reflect2/go.sum"
+    rm -rf "$SRC/vendor/github.com/modern-go/reflect2"
+    mkdir -p "$SRC/vendor/github.com/modern-go/reflect2"
+    cp -a "$reflect2/." "$SRC/vendor/github.com/modern-go/reflect2/"
+    rm -f "$SRC/vendor/github.com/modern-go/reflect2/go.mod" "$SRC/vendor/github.com/modern-go/reflect2/go.sum"
 
     # Go >= 1.16 shares reflect.Zero's storage, so this check now calls "" (and 0, false) null.
     local zero_check='reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))'
     local validators
-    validators=$(grep -rlF "$zero_check" "$src/vendor" || true)
+    validators=$(grep -rlF "$zero_check" "$SRC/vendor" || true)
     [[ -n "$validators" ]] || die "the OpenAPI type validator's zero-value check was not found in vendor/"
     local file
     for file in $validators; do
         sed -i "s/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/" "$file"
         ! grep -qF "$zero_check" "$file" || die "could not patch $file"
-        log "patched the zero-value check in ${file#"$src"/}"
+        log "patched the zero-value check in ${file#"$SRC"/}"
     done
 
     # No .git in a tarball: tell the build which version it is.
@@ -190,13 +205,18 @@ KUBE_GIT_VERSION='v$K8S_VERSION'
 KUBE_GIT_MAJOR='${K8S_VERSION%%.*}'
 KUBE_GIT_MINOR='$(echo "$K8S_VERSION" | cut -d. -f2)'
 EOF
+}
+
+# Build binaries of the prepared source ($SRC) into STAGING/bin and write STAGING/STAMP.
+# Usage: go_build WORK STAGING RECIPE BINARY...
+go_build() {
+    local work=$1 staging=$2 recipe=$3
+    shift 3
+    local targets=() bin
+    for bin in "$@"; do targets+=("cmd/$bin"); done
 
     mkdir -p "$work/gopath/src/k8s.io"
-    ln -s "$src" "$work/gopath/src/k8s.io/kubernetes"
-    local targets=()
-    local bin
-    for bin in "${BINARIES[@]}"; do targets+=("cmd/$bin"); done
-
+    ln -s "$SRC" "$work/gopath/src/k8s.io/kubernetes"
     log "building ${targets[*]} with $(go version) (several minutes)"
     local started=$SECONDS
     (
@@ -208,40 +228,54 @@ EOF
     )
     log "build took $((SECONDS - started)) s"
 
-    local staging="$work/k8s-$K8S_VERSION"
     mkdir -p "$staging/bin"
-    for bin in "${BINARIES[@]}"; do
-        local built=""
-        for dir in "$src/_output/bin" "$src/_output/local/bin/linux/amd64" "$src/_output/local/go/bin"; do
+    for bin in "$@"; do
+        local built="" dir
+        for dir in "$SRC/_output/bin" "$SRC/_output/local/bin/linux/amd64" "$SRC/_output/local/go/bin"; do
             if [[ -x "$dir/$bin" ]]; then built="$dir/$bin"; break; fi
         done
-        [[ -n "$built" ]] || die "build finished but $bin is not in $src/_output"
+        [[ -n "$built" ]] || die "build finished but $bin is not in $SRC/_output"
         cp "$built" "$staging/bin/$bin"
     done
     {
         echo "kubernetes=$K8S_VERSION"
-        echo "recipe=$BUILD_RECIPE"
-        echo "source=$(basename "$orig")"
-        echo "debian-patches=$patches"
+        echo "recipe=$recipe"
+        echo "source=$(basename "$ORIG")"
+        echo "debian-patches=$PATCHES"
         echo "go=$(go version | awk '{print $3}')"
         echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "seconds=$((SECONDS - started))"
     } >"$staging/STAMP"
-
-    # Swap folders by renames; running clusters keep their (deleted) binaries open.
-    if [[ -e "$DEST" ]]; then
-        mv "$DEST" "$work/previous"
-    fi
-    mv "$staging" "$DEST"
-    log "cached in $DEST/bin"
 }
 
-main() {
-    # etcd comes from Debian in every case (envtest assets may carry their own, which wins).
-    if ! { [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "${KUBEBUILDER_ASSETS}/etcd" ]] || command -v etcd >/dev/null 2>&1; }; then
-        apt_install etcd-server
+# Swap a finished staging folder into place by renames; running clusters keep their (deleted)
+# binaries open. Usage: install_cache WORK STAGING DEST
+install_cache() {
+    local work=$1 staging=$2 dest=$3
+    if [[ -e "$dest" ]]; then
+        mv "$dest" "$work/previous"
     fi
+    mv "$staging" "$dest"
+    log "cached in $dest/bin"
+}
 
+# Build in a temporary folder of the cache root. Usage: build NAME DEST RECIPE BINARY...
+build() {
+    local name=$1 dest=$2 recipe=$3
+    shift 3
+    mkdir -p "$CACHE_ROOT"
+    local work
+    work=$(mktemp -d "$CACHE_ROOT/.build-$name-$K8S_VERSION.XXXXXX")
+    # shellcheck disable=SC2064  # expand $work now: it is local
+    trap "rm -rf '$work'" EXIT
+    prepare_source "$work"
+    go_build "$work" "$work/$name-$K8S_VERSION" "$recipe" "$@"
+    install_cache "$work" "$work/$name-$K8S_VERSION" "$dest"
+    rm -rf "$work"
+    trap - EXIT
+}
+
+ensure_control_plane() {
     if assets_complete; then
         log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS; nothing to build"
         return
@@ -250,16 +284,47 @@ main() {
         log "cache is complete: $DEST/bin"
         return
     fi
-
     mkdir -p "$CACHE_ROOT"
     # One build at a time: a second caller waits, then finds the cache complete.
     exec 9>"$CACHE_ROOT/.k8s-$K8S_VERSION.lock"
     flock 9
     if cache_complete; then
         log "cache completed by another build: $DEST/bin"
+    else
+        build k8s "$DEST" "$BUILD_RECIPE" "${BINARIES[@]}"
+    fi
+    exec 9>&-
+}
+
+ensure_kube_proxy() {
+    if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-proxy" ]]; then
+        log "using kube-proxy of KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
         return
     fi
-    build
+    if proxy_cache_complete; then
+        log "kube-proxy cache is complete: $PROXY_DEST/bin"
+        return
+    fi
+    mkdir -p "$CACHE_ROOT"
+    exec 8>"$CACHE_ROOT/.kube-proxy-$K8S_VERSION.lock"
+    flock 8
+    if proxy_cache_complete; then
+        log "kube-proxy cache completed by another build: $PROXY_DEST/bin"
+    else
+        build kube-proxy "$PROXY_DEST" "$KUBE_PROXY_RECIPE" kube-proxy
+    fi
+    exec 8>&-
+}
+
+main() {
+    # etcd comes from Debian in every case (envtest assets may carry their own, which wins).
+    if ! { [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "${KUBEBUILDER_ASSETS}/etcd" ]] || command -v etcd >/dev/null 2>&1; }; then
+        apt_install etcd-server
+    fi
+    # Pod networking's run-time tools, on a warm machine too.
+    apt_install "${NETWORK_PACKAGES[@]}"
+    ensure_control_plane
+    ensure_kube_proxy
 }
 
 main "$@"

@@ -13,9 +13,11 @@ Tests that use ``cluster`` or ``namespace`` get the ``cluster`` marker automatic
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -24,6 +26,7 @@ from glmops_dev.binaries import BinariesNotFoundError, ensure_binaries
 from glmops_dev.cluster import ClusterStartError, KubeCluster, wants_existing_cluster
 from glmops_dev.environment import DevEnvironment, start_environment
 from glmops_dev.namespaces import create_namespace, delete_namespace, namespace_name
+from glmops_dev.network import PodNetworkError
 
 CLUSTER_FIXTURES = frozenset({"cluster", "namespace", "dev_environment", "node_agent"})
 
@@ -35,23 +38,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cluster)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def dev_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevEnvironment]:
-    """The session's cluster with simulated GPU nodes and the project's CRDs."""
+    """The session's cluster with simulated GPU nodes, the project's CRDs and its pod network."""
     problem = ""
+    # A SIGTERM (a CI timeout, `kill`) then ends the session through its teardown, which removes
+    # the pod network's namespaces, routes and /etc/hosts lines; a SIGKILL leaves them to the
+    # next environment's sweep.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not wants_existing_cluster():
             build_log = Path(tmp_path_factory.mktemp("k8s-build")) / "build-kubernetes.log"
             ensure_binaries(build=os.environ.get("GLMOPS_NO_BUILD", "") != "1", log_path=build_log)
         env = start_environment(heartbeat_interval_s=10.0)
-    except (BinariesNotFoundError, ClusterStartError) as exc:
+    except (BinariesNotFoundError, ClusterStartError, PodNetworkError) as exc:
         problem = str(exc)
     if problem:
+        signal.signal(signal.SIGTERM, previous)
         pytest.fail(f"The local Kubernetes control plane is not available.\n{problem}", pytrace=False)
     try:
         yield env
     finally:
         env.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

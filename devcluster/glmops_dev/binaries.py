@@ -10,6 +10,10 @@ Lookup order for kube-apiserver, kube-controller-manager, kube-scheduler and kub
 
 etcd is taken from ``$KUBEBUILDER_ASSETS`` when it holds one, else from ``PATH`` (Debian's
 ``etcd-server`` package installs ``/usr/bin/etcd``).
+
+kube-proxy (the pod network's Service proxy) is looked up the same way, in ``$KUBEBUILDER_ASSETS``
+or in its own cache entry ``kube-proxy-<version>/bin`` (its own STAMP and recipe, so adding it
+never invalidated a control-plane cache).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ K8S_VERSION = "1.20.2"
 
 BUILD_RECIPE = "2"
 """Revision of the build recipe (``BUILD_RECIPE`` in the script); an older cache is not used."""
+
+KUBE_PROXY_RECIPE = "1"
+"""Revision of kube-proxy's build recipe (``KUBE_PROXY_RECIPE`` in the script)."""
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 BUILD_SCRIPT_RELATIVE = Path("scripts") / "build-kubernetes.sh"
@@ -52,6 +59,8 @@ class ControlPlaneBinaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kubectl: Path
+    kube_proxy: Path | None = None
+    """None when kube-proxy is not built yet (a control plane without pod network runs without it)."""
 
 
 def cache_root() -> Path:
@@ -69,6 +78,11 @@ def cache_dir(version: str = K8S_VERSION) -> Path:
     return cache_root() / f"k8s-{version}"
 
 
+def kube_proxy_cache_dir(version: str = K8S_VERSION) -> Path:
+    """The cache folder of kube-proxy (``bin/kube-proxy`` and ``STAMP``)."""
+    return cache_root() / f"kube-proxy-{version}"
+
+
 def repo_root() -> Path:
     """The source checkout this package lives in (the build script sits there)."""
     return Path(__file__).resolve().parents[2]
@@ -79,13 +93,25 @@ def build_script() -> Path:
     return repo_root() / BUILD_SCRIPT_RELATIVE
 
 
-def cache_is_current(folder: Path) -> bool:
+def cache_is_current(folder: Path, recipe: str = BUILD_RECIPE) -> bool:
     """Whether a cache folder is complete and was built by the current recipe."""
     try:
         stamp = (folder / "STAMP").read_text().splitlines()
     except FileNotFoundError:
         return False
-    return f"recipe={BUILD_RECIPE}" in stamp
+    return f"recipe={recipe}" in stamp
+
+
+def find_kube_proxy() -> Path | None:
+    """kube-proxy from ``$KUBEBUILDER_ASSETS`` or its cache entry; None when neither has it."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and _executable(Path(assets) / "kube-proxy"):
+        return Path(assets) / "kube-proxy"
+    cached = kube_proxy_cache_dir()
+    binary = cached / "bin" / "kube-proxy"
+    if cache_is_current(cached, KUBE_PROXY_RECIPE) and _executable(binary):
+        return binary
+    return None
 
 
 def _executable(path: Path) -> bool:
@@ -143,6 +169,7 @@ def find_binaries() -> ControlPlaneBinaries:
         kube_controller_manager=kube["kube-controller-manager"],
         kube_scheduler=kube["kube-scheduler"],
         kubectl=kube["kubectl"],
+        kube_proxy=find_kube_proxy(),
     )
 
 
@@ -173,19 +200,34 @@ def build_binaries(log_path: Path | None = None) -> None:
 
 
 def ensure_binaries(build: bool = True, log_path: Path | None = None) -> ControlPlaneBinaries:
-    """Find the binaries; when missing and ``build`` is true, build them first."""
+    """Find the binaries (kube-proxy too); when one is missing and ``build`` is true, build first."""
     try:
-        return find_binaries()
+        found = find_binaries()
+        if found.kube_proxy is not None or not build or os.environ.get("KUBEBUILDER_ASSETS"):
+            return found
     except BinariesNotFoundError:
         if not build or os.environ.get("KUBEBUILDER_ASSETS"):
             raise
     print(
-        f"Kubernetes {K8S_VERSION} binaries not cached; building them with "
+        f"Kubernetes {K8S_VERSION} binaries (or kube-proxy) not cached; building them with "
         f"{BUILD_SCRIPT_RELATIVE} (several minutes)...",
         file=sys.stderr,
     )
     build_binaries(log_path)
     return find_binaries()
+
+
+def require_kube_proxy(binaries: ControlPlaneBinaries | None = None) -> Path:
+    """kube-proxy's path, or :class:`BinariesNotFoundError` saying how to build it."""
+    binary = binaries.kube_proxy if binaries is not None else find_kube_proxy()
+    if binary is None:
+        raise BinariesNotFoundError(
+            f"kube-proxy {K8S_VERSION} is not built (looked in KUBEBUILDER_ASSETS and "
+            f"{kube_proxy_cache_dir() / 'bin'}); the pod network needs it. Build it once with "
+            "`bash scripts/build-kubernetes.sh` (a warm control-plane cache is kept; kube-proxy takes "
+            "a few minutes)."
+        )
+    return binary
 
 
 def tail(path: Path, lines: int = 40) -> str:

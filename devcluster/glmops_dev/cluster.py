@@ -8,6 +8,12 @@ every process group and removes the state folder. No kubelet runs: nodes are API
 
 ``ExistingCluster`` wraps a cluster named by ``KUBECONFIG`` behind the same interface;
 :meth:`LocalCluster.from_env` picks one or the other.
+
+Where the API server listens and which Service range it hands out come from a
+:class:`ClusterAddressing`: by default 127.0.0.1 and a range of the pod-network block that no
+kube-proxy serves; with a pod network (:mod:`glmops_dev.network`), the host's address on the
+slot's link and the slot's Service range, so that pods reach the API server through the
+``kubernetes`` Service as in any cluster.
 """
 
 from __future__ import annotations
@@ -35,13 +41,18 @@ from typing import TYPE_CHECKING, Any, Self
 import yaml
 
 from glmops_dev.binaries import ControlPlaneBinaries, ensure_binaries, tail
+from glmops_dev.network.addresses import STANDALONE_KUBERNETES_SERVICE_IP, STANDALONE_SERVICE_CIDR, SlotPlan
+from glmops_dev.network.iproute import set_parent_death_signal
 from glmops_dev.rawapi import read_json
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-KUBERNETES_SERVICE_IP = "10.96.0.1"
+    from glmops_dev.network import ClusterNetwork
+
+LOOPBACK = "127.0.0.1"
+KUBE_PROXY_USER = "system:kube-proxy"
+"""The user Kubernetes' bootstrap policy binds to ``system:node-proxier`` (what kube-proxy may do)."""
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "glmops-admin"
 STATE_MARKER = ".glmops-devcluster"
@@ -52,6 +63,30 @@ class ClusterStartError(RuntimeError):
     """A component did not come up; the message carries the tail of its log."""
 
 
+@dataclass(frozen=True)
+class ClusterAddressing:
+    """Where the API server listens and the ranges the control plane hands out."""
+
+    bind_address: str = LOOPBACK
+    """The API server's address (its kubeconfig's server); also its advertised address."""
+    service_cidr: str = STANDALONE_SERVICE_CIDR
+    """``--service-cluster-ip-range``."""
+    kubernetes_service_ip: str = STANDALONE_KUBERNETES_SERVICE_IP
+    """The ``kubernetes`` Service's ClusterIP (the first of ``service_cidr``)."""
+    pod_cidr: str | None = None
+    """The controller-manager's ``--cluster-cidr`` (None: no pod network)."""
+
+    @classmethod
+    def for_slot(cls, plan: SlotPlan) -> ClusterAddressing:
+        """The API server on the host's end of the slot's link; the slot's Service and pod ranges."""
+        return cls(plan.host_ip, plan.service_cidr, plan.kubernetes_service_ip, plan.pod_cidr)
+
+    @property
+    def publishes_endpoints(self) -> bool:
+        """Whether the API server can be an Endpoints address (loopback cannot)."""
+        return self.bind_address != LOOPBACK
+
+
 class KubectlError(subprocess.CalledProcessError):
     """kubectl exited non-zero; ``str()`` includes its stderr."""
 
@@ -60,10 +95,10 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{super().__str__()}\n{stderr.strip()}"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -100,6 +135,10 @@ class KubeCluster:
     """The API server's URL."""
     kubectl_path: str
     """The kubectl binary :meth:`kubectl` runs."""
+    kube_proxy_kubeconfig: Path
+    """The kubeconfig kube-proxy uses (its own user on a local cluster)."""
+    network: ClusterNetwork | None = None
+    """The pod network serving this cluster (set by :func:`glmops_dev.environment.start_environment`)."""
 
     def api_client(self) -> ApiClient:
         """A new ``kubernetes.client.ApiClient`` configured from :attr:`kubeconfig`."""
@@ -150,6 +189,7 @@ class ExistingCluster(KubeCluster):
 
     def __init__(self, kubeconfig: Path, kubectl_path: str | None = None) -> None:
         self.kubeconfig = kubeconfig
+        self.kube_proxy_kubeconfig = kubeconfig
         self.kubectl_path = kubectl_path or shutil.which("kubectl") or "kubectl"
         client = self.api_client()
         try:
@@ -203,11 +243,13 @@ def _teardown(processes: list[subprocess.Popen[bytes]], state_dir: Path, remove_
 
 
 class LocalCluster(KubeCluster):
-    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on 127.0.0.1.
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler on this machine.
 
     Use as a context manager (``with LocalCluster() as cluster: ...``) or call :meth:`start`
     and :meth:`stop`. Every process runs in its own process group and logs to
     ``<state_dir>/<component>.log``; when a component fails, the error shows its log's tail.
+    The processes get SIGKILL when the thread that started them ends (parent-death signal), so
+    a run killed outright leaves none behind: start it from a thread that outlives it.
     """
 
     def __init__(
@@ -217,11 +259,14 @@ class LocalCluster(KubeCluster):
         binaries: ControlPlaneBinaries | None = None,
         keep_state: bool = False,
         startup_timeout_s: float = 120.0,
+        addressing: ClusterAddressing | None = None,
     ) -> None:
         """``state_dir``: where certificates, logs and etcd data go (a new temp folder when None).
 
         ``keep_state``: leave the state folder in place after :meth:`stop` (for debugging).
+        ``addressing``: where the API server listens and the ranges (default: loopback, no pod network).
         """
+        self.addressing = addressing or ClusterAddressing()
         self._requested_state_dir = state_dir
         self._binaries = binaries
         self._keep_state = keep_state
@@ -231,6 +276,7 @@ class LocalCluster(KubeCluster):
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.state_dir = Path()
         self.kubeconfig = Path()
+        self.kube_proxy_kubeconfig = Path()
         self.server = ""
         self.kubectl_path = "kubectl"
         self.admin_token = ""
@@ -319,15 +365,19 @@ class LocalCluster(KubeCluster):
         self.version = parse_version(_run_text([str(binaries.kube_apiserver), "--version"]))
         pki = state / "pki"
         pki.mkdir()
-        self.ca_file = _write_pki(pki)
+        addressing = self.addressing
+        self.ca_file = _write_pki(pki, addressing)
 
-        tokens = {name: secrets.token_hex(16) for name in ("admin", "controller-manager", "scheduler")}
+        tokens = {
+            name: secrets.token_hex(16) for name in ("admin", "controller-manager", "scheduler", "kube-proxy")
+        }
         self.admin_token = tokens["admin"]
         token_file = pki / "tokens.csv"
         token_file.write_text(
             f'{tokens["admin"]},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
             f"{tokens['controller-manager']},system:kube-controller-manager,system:kube-controller-manager\n"
             f"{tokens['scheduler']},system:kube-scheduler,system:kube-scheduler\n"
+            f"{tokens['kube-proxy']},{KUBE_PROXY_USER},{KUBE_PROXY_USER}\n"
         )
         token_file.chmod(0o600)
 
@@ -350,13 +400,13 @@ class LocalCluster(KubeCluster):
         )
         self._wait_until("etcd", lambda: _http_ok(f"{etcd_url}/health"))
 
-        api_port = free_port()
-        self.server = f"https://127.0.0.1:{api_port}"
+        api_port = free_port(addressing.bind_address)
+        self.server = f"https://{addressing.bind_address}:{api_port}"
         apiserver_args = [
             str(binaries.kube_apiserver),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={addressing.bind_address}",
+            f"--advertise-address={addressing.bind_address}",
             f"--secure-port={api_port}",
             f"--cert-dir={state / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -367,17 +417,18 @@ class LocalCluster(KubeCluster):
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-cluster-ip-range={addressing.service_cidr}",
             "--allow-privileged=true",
-            # The loopback address cannot be an Endpoints address, so keep the `kubernetes`
-            # Service without endpoints instead of failing to reconcile them every 10 s.
-            "--endpoint-reconciler-type=none",
             # Simulated nodes have unresolvable hostnames; the node agent serves their logs on
-            # 127.0.0.1, their InternalIP (1.20 tries only the first address type it prefers).
+            # their InternalIP (1.20 tries only the first address type it prefers).
             "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
             "--profiling=false",
             "--v=1",
         ]
+        if not addressing.publishes_endpoints:
+            # The loopback address cannot be an Endpoints address, so keep the `kubernetes`
+            # Service without endpoints instead of failing to reconcile them every 10 s.
+            apiserver_args.append("--endpoint-reconciler-type=none")
         if self.version < (1, 24):
             apiserver_args.append("--insecure-port=0")
         self._launch("kube-apiserver", apiserver_args)
@@ -391,6 +442,8 @@ class LocalCluster(KubeCluster):
         )
         scheduler_kubeconfig = state / "scheduler.kubeconfig"
         _write_kubeconfig(scheduler_kubeconfig, self.server, self.ca_file, "scheduler", tokens["scheduler"])
+        self.kube_proxy_kubeconfig = state / "kube-proxy.kubeconfig"
+        _write_kubeconfig(self.kube_proxy_kubeconfig, self.server, self.ca_file, "kube-proxy", tokens["kube-proxy"])
 
         cm_port = free_port()
         cm_args = [
@@ -406,6 +459,8 @@ class LocalCluster(KubeCluster):
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={addressing.service_cidr}",
+            *([f"--cluster-cidr={addressing.pod_cidr}"] if addressing.pod_cidr else []),
             "--bind-address=127.0.0.1",
             f"--secure-port={cm_port}",
             f"--cert-dir={state / 'controller-manager-certs'}",
@@ -449,6 +504,8 @@ class LocalCluster(KubeCluster):
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
                 start_new_session=True,
+                # A run killed outright must not leave an API server on its pod network's address.
+                preexec_fn=set_parent_death_signal,  # noqa: PLW1509 - only a prctl before exec
             )
         self._processes.append(process)
         self._components.append(_Component(name, process, log_path))
@@ -532,7 +589,7 @@ def _openssl(*args: str) -> None:
         raise ClusterStartError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
 
 
-def _write_pki(pki: Path) -> Path:
+def _write_pki(pki: Path, addressing: ClusterAddressing) -> Path:
     """A CA, the API server's serving certificate and the service-account key pair; returns the CA."""
     ca_key, ca_crt = pki / "ca.key", pki / "ca.crt"
     _openssl(
@@ -547,9 +604,9 @@ def _write_pki(pki: Path) -> Path:
         "req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
         "-keyout", str(server_key), "-out", str(server_csr), "-subj", "/CN=kube-apiserver",
     )  # fmt: skip
+    addresses = dict.fromkeys([LOOPBACK, addressing.bind_address, addressing.kubernetes_service_ip])
     names = [
-        "IP:127.0.0.1",
-        f"IP:{KUBERNETES_SERVICE_IP}",
+        *(f"IP:{address}" for address in addresses),
         "DNS:localhost",
         "DNS:kubernetes",
         "DNS:kubernetes.default",

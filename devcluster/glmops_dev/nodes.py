@@ -135,8 +135,13 @@ def ready_conditions(heartbeat: str, transition: str) -> list[dict[str, str]]:
     ]
 
 
-def node_manifest(prof: NodeProfile, node_name: str | None = None) -> dict[str, Any]:
-    """The Node object (spec and status) a kubelet on such a machine would register."""
+def node_manifest(
+    prof: NodeProfile, node_name: str | None = None, internal_ip: str = "127.0.0.1"
+) -> dict[str, Any]:
+    """The Node object (spec and status) a kubelet on such a machine would register.
+
+    ``internal_ip``: the node's address (with a pod network, the host's end of its slot's link).
+    """
     name = node_name or prof.node_name
     now = _now()
     capacity = node_capacity(prof)
@@ -150,7 +155,7 @@ def node_manifest(prof: NodeProfile, node_name: str | None = None) -> dict[str, 
             "allocatable": dict(capacity),
             "conditions": ready_conditions(now, now),
             "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "InternalIP", "address": internal_ip},
                 {"type": "Hostname", "address": name},
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
@@ -182,7 +187,9 @@ def _read_node(api_client: ApiClient, name: str) -> dict[str, Any] | None:
     return node
 
 
-def create_node(api_client: ApiClient, prof: NodeProfile, node_name: str | None = None) -> str:
+def create_node(
+    api_client: ApiClient, prof: NodeProfile, node_name: str | None = None, internal_ip: str = "127.0.0.1"
+) -> str:
     """Register (or refresh) one node of a profile: Ready, schedulable, without the not-ready taint.
 
     Creating a Node makes the API server's TaintNodesByCondition admission add
@@ -191,7 +198,7 @@ def create_node(api_client: ApiClient, prof: NodeProfile, node_name: str | None 
     """
     from kubernetes.client.exceptions import ApiException
 
-    manifest = node_manifest(prof, node_name)
+    manifest = node_manifest(prof, node_name, internal_ip)
     name: str = manifest["metadata"]["name"]
     core = _core(api_client)
     try:
@@ -220,9 +227,11 @@ def create_node(api_client: ApiClient, prof: NodeProfile, node_name: str | None 
     return name
 
 
-def create_nodes(api_client: ApiClient, profiles: Iterable[NodeProfile] = NODE_PROFILES) -> list[str]:
+def create_nodes(
+    api_client: ApiClient, profiles: Iterable[NodeProfile] = NODE_PROFILES, internal_ip: str = "127.0.0.1"
+) -> list[str]:
     """Register one node per profile (named ``sim-<profile>``); returns the node names."""
-    return [create_node(api_client, prof) for prof in profiles]
+    return [create_node(api_client, prof, internal_ip=internal_ip) for prof in profiles]
 
 
 def heartbeat(api_client: ApiClient, node_names: Sequence[str]) -> None:

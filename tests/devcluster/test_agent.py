@@ -7,6 +7,7 @@ one-liners in the trainer image, so each test takes seconds.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -344,6 +345,11 @@ def pod_template(*containers: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {"labels": {"app": "agent-test"}}, "spec": pod("x", *containers)["spec"]}
 
 
+def cluster_pod_cidr(cluster: KubeCluster) -> str:
+    assert cluster.network is not None, "the session's cluster runs with a pod network"
+    return cluster.network.plan.pod_cidr
+
+
 def wait_service_account(cluster: KubeCluster, namespace: str, name: str) -> None:
     """Before 1.24 a pod is only admitted once its ServiceAccount has a token Secret."""
 
@@ -406,7 +412,10 @@ def test_a_job_pod_runs_to_succeeded_with_exit_code_and_termination_message(
     [obj] = pods["items"]
     status = obj["status"]
     assert status["phase"] == "Succeeded"
-    assert status["hostIP"] == status["podIP"] == "127.0.0.1"
+    # Its own address on the pod network; the node's is the host's end of the network's link.
+    assert status["hostIP"] == node_agent.node_ip
+    assert ipaddress.IPv4Address(status["podIP"]) in ipaddress.IPv4Network(cluster_pod_cidr(cluster))
+    assert status["podIPs"] == [{"ip": status["podIP"]}]
     assert status["startTime"]
     assert obj["spec"]["nodeName"] in node_agent.node_names
     [container] = status["containerStatuses"]
@@ -492,11 +501,14 @@ def test_env_from_literals_secrets_config_maps_and_the_downward_api_reaches_the_
     assert (env["POD"], env["NS"], env["UID"]) == ("env", namespace, obj["metadata"]["uid"])
     assert (env["APP"], env["NOTE"], env["SA"]) == ("agent-test", "hi", "trainer")
     assert env["NODE"] == obj["spec"]["nodeName"]
-    assert env["POD_IP"] == env["HOST_IP"] == "127.0.0.1"
+    assert env["POD_IP"] == obj["status"]["podIP"] != env["HOST_IP"]
+    assert env["HOST_IP"] == obj["status"]["hostIP"] == node_agent.node_ip
     assert env["NODE_RANK"] == "3"
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert env["HOME"]
-    assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
+    # In-cluster clients reach the API server through the `kubernetes` Service (kube-proxy).
+    assert cluster.network is not None
+    assert env["KUBERNETES_SERVICE_HOST"] == cluster.network.plan.kubernetes_service_ip
     assert secret_value not in caplog.text
 
 
@@ -843,7 +855,8 @@ def test_an_http_readiness_probe_makes_the_pod_ready_once_the_server_listens(
     cluster: KubeCluster, namespace: str, node_agent: NodeAgent
 ) -> None:
     port = free_port()
-    code = f"import time, http.server\ntime.sleep(3)\nhttp.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')\n"
+    # The probe comes from the node to the pod's address, so the server listens on all addresses.
+    code = f"import time, http.server\ntime.sleep(3)\nhttp.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='0.0.0.0')\n"
     container = python_container(
         code,
         ports=[{"name": "http", "containerPort": port}],

@@ -12,9 +12,26 @@ import pytest
 from kubernetes.utils import parse_quantity as _parse_quantity
 from polling import wait_for
 
-from glmops_dev.binaries import BUILD_RECIPE, K8S_VERSION, BinariesNotFoundError, build_script, find_binaries
-from glmops_dev.cluster import ClusterStartError, ExistingCluster, KubeCluster, LocalCluster
+from glmops_dev.binaries import (
+    BUILD_RECIPE,
+    K8S_VERSION,
+    KUBE_PROXY_RECIPE,
+    BinariesNotFoundError,
+    build_script,
+    find_binaries,
+    find_kube_proxy,
+    kube_proxy_cache_dir,
+    require_kube_proxy,
+)
+from glmops_dev.cluster import (
+    ClusterAddressing,
+    ClusterStartError,
+    ExistingCluster,
+    KubeCluster,
+    LocalCluster,
+)
 from glmops_dev.crds import install_crds, strip_cel_rules
+from glmops_dev.network import SlotPlan
 from glmops_dev.nodes import (
     GPU_RESOURCE,
     LABEL_GPU_COUNT,
@@ -340,6 +357,44 @@ def test_build_script_and_package_agree_on_the_recipe_revision() -> None:
     script = build_script().read_text()
     assert f"BUILD_RECIPE={BUILD_RECIPE}\n" in script
     assert f"K8S_VERSION={K8S_VERSION}\n" in script
+    assert f"KUBE_PROXY_RECIPE={KUBE_PROXY_RECIPE}\n" in script
+
+
+def test_kube_proxy_has_its_own_cache_entry_that_counts_only_with_its_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("GLMOPS_CACHE_DIR", str(tmp_path))
+    entry = tmp_path / f"kube-proxy-{K8S_VERSION}"
+    assert kube_proxy_cache_dir() == entry != tmp_path / f"k8s-{K8S_VERSION}"
+    (entry / "bin").mkdir(parents=True)
+    binary = entry / "bin" / "kube-proxy"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert find_kube_proxy() is None  # no STAMP yet: a build in progress or one that failed
+    with pytest.raises(BinariesNotFoundError, match="bash scripts/build-kubernetes.sh"):
+        require_kube_proxy()
+    (entry / "STAMP").write_text("kubernetes=1.20.2\nrecipe=0\n")
+    assert find_kube_proxy() is None  # an older recipe
+    (entry / "STAMP").write_text(f"kubernetes=1.20.2\nrecipe={KUBE_PROXY_RECIPE}\n")
+    assert find_kube_proxy() == binary
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "kube-proxy").write_text("#!/bin/sh\n")
+    (assets / "kube-proxy").chmod(0o755)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    assert find_kube_proxy() == assets / "kube-proxy"
+
+
+def test_the_api_server_of_a_pod_network_listens_on_its_link_and_hands_out_its_ranges() -> None:
+    plan = SlotPlan(5)
+    addressing = ClusterAddressing.for_slot(plan)
+    assert (addressing.bind_address, addressing.service_cidr) == ("100.69.0.1", "100.69.64.0/18")
+    assert (addressing.kubernetes_service_ip, addressing.pod_cidr) == ("100.69.64.1", "100.69.128.0/17")
+    assert addressing.publishes_endpoints
+    standalone = ClusterAddressing()
+    assert standalone.bind_address == "127.0.0.1" and not standalone.publishes_endpoints
+    assert standalone.service_cidr.startswith("100.127.")  # in the block, in its reserved slot
 
 
 def test_missing_binaries_say_how_to_build_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

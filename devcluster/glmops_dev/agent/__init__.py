@@ -5,7 +5,7 @@
 
 Modules: :mod:`~glmops_dev.agent.agent` (watch loop, nodes, start/stop), :mod:`~glmops_dev.agent.podworker`
 (one pod's lifecycle), :mod:`~glmops_dev.agent.podstatus` (status as the kubelet writes it),
-:mod:`~glmops_dev.agent.runtime` (processes), :mod:`~glmops_dev.agent.launcher` (mount namespace),
+:mod:`~glmops_dev.agent.runtime` (processes), :mod:`~glmops_dev.agent.launcher` (mount, network and UTS namespaces),
 :mod:`~glmops_dev.agent.volumes`, :mod:`~glmops_dev.agent.env`, :mod:`~glmops_dev.agent.images`,
 :mod:`~glmops_dev.agent.probes`, :mod:`~glmops_dev.agent.logfiles`, :mod:`~glmops_dev.agent.logs_server`,
 :mod:`~glmops_dev.agent.kube` (the API calls).

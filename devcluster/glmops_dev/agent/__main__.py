@@ -1,6 +1,9 @@
 """Command line of the node agent: run the pods of the simulated nodes of a cluster until Ctrl-C.
 
 python -m glmops_dev.agent --kubeconfig FILE --state-dir DIR [--images FILE] [--node-selector SELECTOR]
+
+Pods get the pod network of the environment serving that cluster (``python -m glmops_dev up``
+prints it); the agent refuses to start when there is none.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@
 It serves container logs like a kubelet (:mod:`~glmops_dev.agent.logs_server`), points each
 node's ``kubeletEndpoint`` at that server and keeps the nodes' ``Ready`` heartbeat fresh.
 
+Pods get their network from the environment's pod network (:mod:`glmops_dev.network`): a
+namespace and IP each on the slot's bridge. Every node's InternalIP (each pod's ``hostIP``) is
+the host's end of the slot's link, where this agent's log server listens; containers find the
+API server through the ``kubernetes`` Service, as in any cluster. An agent given no network
+finds the one an environment runs for its API server (:func:`glmops_dev.network.slots.find_slot`).
+
 After a restart the agent cannot re-attach to processes an earlier run started: pods it finds
 Running (or with a started container) on its nodes are marked Failed with reason
 ``NodeAgentRestarted`` and any process the earlier run left is killed. Pending pods start normally.
@@ -36,6 +42,8 @@ from glmops_dev.agent.podstatus import FAILED, TERMINAL_PHASES, timestamp
 from glmops_dev.agent.podworker import PodWorker, WorkerContext
 from glmops_dev.agent.runtime import kill_recorded_process, mount_namespaces_available
 from glmops_dev.agent.volumes import PodPaths, cleanup_pod_dir, pod_dir_name
+from glmops_dev.network.sandbox import PodNetwork
+from glmops_dev.network.slots import find_slot
 from glmops_dev.nodes import LABEL_SIMULATED, heartbeat
 
 if TYPE_CHECKING:
@@ -47,7 +55,6 @@ log = logging.getLogger("glmops_dev.agent")
 
 DEFAULT_NODE_SELECTOR = f"{LABEL_SIMULATED}=true"
 REASON_AGENT_RESTARTED = "NodeAgentRestarted"
-NODE_ADDRESS = "127.0.0.1"
 
 
 class AgentConflictError(RuntimeError):
@@ -138,14 +145,21 @@ def _kubelet_port(node: Mapping[str, Any]) -> int:
     return int((endpoints.get("kubeletEndpoint") or {}).get("Port") or 0)
 
 
-def _other_agent_at(port: int, own_id: str) -> str | None:
-    """The health line of another node agent listening on ``port``, else None."""
+def _internal_ip(node: Mapping[str, Any]) -> str:
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return str(address["address"])
+    return "127.0.0.1"
+
+
+def _other_agent_at(address: str, port: int, own_id: str) -> str | None:
+    """The health line of another node agent listening on ``address:port``, else None."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
         with urllib.request.urlopen(
-            f"https://{NODE_ADDRESS}:{port}/healthz", context=context, timeout=2
+            f"https://{address}:{port}/healthz", context=context, timeout=2
         ) as response:
             body = str(response.read(200).decode(errors="replace")).strip()
     except (urllib.error.URLError, OSError, ValueError):
@@ -169,6 +183,7 @@ class NodeAgent:
         termination_grace_cap_s: float = 10.0,
         fail_pods_on_stop: bool = True,
         watch_timeout_s: int = 30,
+        pod_network: PodNetwork | None = None,
     ) -> None:
         """``api_client_factory`` makes a new ``ApiClient`` (e.g. ``cluster.api_client``).
 
@@ -176,8 +191,11 @@ class NodeAgent:
         ``images``: an :class:`ImageMap`, a YAML/JSON file of rules, or None for the built-in rules.
         ``node_selector_label``: label selector of the nodes this agent runs.
         ``heartbeat_interval_s``: how often node heartbeats and node endpoints are refreshed (None: never).
-        ``termination_grace_cap_s``: the longest a container gets between SIGTERM and SIGKILL.
+        ``termination_grace_cap_s``: the longest grace period containers get when the agent stops
+        (a deleted pod gets its whole ``terminationGracePeriodSeconds``, as from a kubelet).
         ``fail_pods_on_stop``: mark pods still running when the agent stops as Failed (``NodeAgentStopped``).
+        ``pod_network``: gives pods their namespace and IP; None: the network an environment runs
+        for this API server (the agent does not start without one).
         """
         self.state_dir = Path(state_dir).resolve()
         self.images = images if isinstance(images, ImageMap) else ImageMap.load(images)
@@ -202,6 +220,8 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self._server: KubeletLogServer | None = None
         self._started = False
+        self.pod_network = pod_network
+        """The pod network pods get their namespace and address from (known once started)."""
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -266,6 +286,18 @@ class NodeAgent:
             uid = self._by_name.get((namespace, name))
             return self._workers.get(uid) if uid else None
 
+    @property
+    def node_ip(self) -> str:
+        """Every node's InternalIP: the pods' ``hostIP``, where the log endpoint listens."""
+        if self.pod_network is None:
+            raise RuntimeError("the node agent is not started")
+        return self.pod_network.node_ip
+
+    def pod_ip(self, namespace: str, name: str) -> str | None:
+        """The address of the pod of that name while this agent runs it (``status.podIP`` says the same)."""
+        worker = self.worker(namespace, name)
+        return worker.pod_ip if worker is not None else None
+
     def pod_paths(self, namespace: str, name: str, uid: str) -> PodPaths:
         """Where a pod's files (logs, volumes) live."""
         return PodPaths(self.state_dir, namespace, name, uid)
@@ -285,9 +317,12 @@ class NodeAgent:
             log.warning("containers cannot get mount namespaces; every pod will fail: %s", mount_problem)
         self._api = AgentApi(self._client())
         self._watch_api = AgentApi(self._client())
-        self._server = KubeletLogServer(self, self.state_dir / "agent-tls", self.agent_id).start()
+        network = self._find_network()
+        self._server = KubeletLogServer(
+            self, self.state_dir / "agent-tls", self.agent_id, address=network.node_ip
+        ).start()
         self._claim_nodes(check_conflicts=True)
-        host, port = _api_address(self._api.api_client)
+        host, port = self._api.kubernetes_service() or _api_address(self._api.api_client)
         self._ctx = WorkerContext(
             state_dir=self.state_dir,
             api=self._api,
@@ -298,6 +333,8 @@ class NodeAgent:
             grace_cap_s=self.termination_grace_cap_s,
             mount_problem=mount_problem,
             needed_paths=_needed_paths(),
+            network=network,
+            host_ip=network.node_ip,
         )
         self._threads.append(threading.Thread(target=self._watch_loop, name="node-agent-watch", daemon=True))
         if self.heartbeat_interval_s is not None:
@@ -312,11 +349,31 @@ class NodeAgent:
                 f"the node agent could not list pods within {timeout_s:.0f} s: {'; '.join(self.errors[-3:])}"
             )
         log.info(
-            "node agent %s runs nodes %s; kubelet endpoint 127.0.0.1:%d",
+            "node agent %s runs nodes %s; kubelet endpoint %s:%d",
             self.agent_id,
             ", ".join(sorted(self._node_names)),
+            network.node_ip,
             self.port,
         )
+
+    def _find_network(self) -> PodNetwork:
+        """The given pod network, else the one an environment runs for this API server."""
+        network = self.pod_network
+        if network is None:
+            server = str(self._api.api_client.configuration.host)
+            plan = find_slot(server)
+            if plan is None:
+                raise AgentStartError(
+                    f"no pod network serves the API server at {server}: start the cluster with "
+                    "glmops_dev.environment.start_environment() or `python -m glmops_dev up`, or pass "
+                    "pod_network= (a glmops_dev.network.PodNetwork)"
+                )
+            network = PodNetwork(plan)
+        problem = network.available()
+        if problem:
+            raise AgentStartError(f"the pod network is not usable: {problem}")
+        self.pod_network = network
+        return network
 
     def _interrupt_watch(self) -> None:
         """End the blocking read of the current watch now instead of at its timeout."""
@@ -332,18 +389,18 @@ class NodeAgent:
         nodes = self._api.list_nodes(self.node_selector_label)
         if check_conflicts:
             for node in nodes:
-                port = _kubelet_port(node)
-                other = _other_agent_at(port, self.agent_id) if port and port != self.port else None
+                port, address = _kubelet_port(node), _internal_ip(node)
+                other = _other_agent_at(address, port, self.agent_id) if port and port != self.port else None
                 if other:
                     raise AgentConflictError(
-                        f"node {node['metadata']['name']} is run by another node agent at 127.0.0.1:{port} "
+                        f"node {node['metadata']['name']} is run by another node agent at {address}:{port} "
                         f"({other}); stop it first: only one agent may run a node"
                     )
         for node in nodes:
             name = str(node["metadata"]["name"])
             status = node.get("status") or {}
             wanted_addresses = [
-                {"type": "InternalIP", "address": NODE_ADDRESS},
+                {"type": "InternalIP", "address": self.node_ip},
                 {"type": "Hostname", "address": name},
             ]
             if _kubelet_port(node) != self.port or status.get("addresses") != wanted_addresses:
@@ -482,6 +539,11 @@ class NodeAgent:
         paths = self.pod_paths(meta["namespace"], meta["name"], meta["uid"])
         containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
         killed = [c["name"] for c in containers if kill_recorded_process(paths.record_path(c["name"]))]
+        if self.pod_network is not None and not (pod.get("spec") or {}).get("hostNetwork"):
+            try:
+                self.pod_network.teardown(str(meta["uid"]))
+            except Exception as exc:  # noqa: BLE001 - the environment's teardown sweeps the slot
+                self._note_error(f"removing the network of pod {meta['namespace']}/{meta['name']}", exc)
         log.warning(
             "pod %s/%s was started by an earlier node agent run; marking it Failed (%s)%s",
             meta["namespace"],
@@ -539,6 +601,9 @@ def start_agent(
 ) -> NodeAgent:
     """Start a node agent for a cluster's simulated nodes (for fixtures and ``python -m glmops_dev``).
 
+    Pods get the cluster's pod network (``cluster.network``, set by ``start_environment``).
     ``options`` go to :class:`NodeAgent` (``heartbeat_interval_s``, ``termination_grace_cap_s``, ...).
     """
+    if cluster.network is not None:
+        options.setdefault("pod_network", cluster.network.pods)
     return NodeAgent(cluster.api_client, state_dir, ImageMap.load(images_file), **options).start()

@@ -21,8 +21,6 @@ from typing import Any, Protocol
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 """Valid environment variable names (the API server's rule); ``envFrom`` skips other keys."""
 
-POD_IP = "127.0.0.1"
-HOST_IP = "127.0.0.1"
 DEFAULT_PATH_TAIL = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -118,9 +116,14 @@ def _quote(value: str) -> str:
 
 
 def field_value(pod: Mapping[str, Any], field_path: str) -> str:
-    """The value of a ``fieldRef`` (env or downwardAPI volume) for this pod on a simulated node."""
+    """The value of a ``fieldRef`` (env or downwardAPI volume) for this pod on a simulated node.
+
+    ``status.podIP``, ``status.podIPs`` and ``status.hostIP`` are read from the pod's status,
+    which the node agent fills with the pod's addresses before it builds a container.
+    """
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
     simple: dict[str, Callable[[], str]] = {
         "metadata.name": lambda: str(meta.get("name", "")),
         "metadata.namespace": lambda: str(meta.get("namespace", "")),
@@ -129,9 +132,9 @@ def field_value(pod: Mapping[str, Any], field_path: str) -> str:
         "spec.serviceAccountName": lambda: str(
             spec.get("serviceAccountName") or spec.get("serviceAccount") or ""
         ),
-        "status.podIP": lambda: POD_IP,
-        "status.podIPs": lambda: POD_IP,
-        "status.hostIP": lambda: HOST_IP,
+        "status.podIP": lambda: str(status.get("podIP") or ""),
+        "status.podIPs": lambda: ",".join(str(item["ip"]) for item in status.get("podIPs") or []),
+        "status.hostIP": lambda: str(status.get("hostIP") or ""),
         "metadata.labels": lambda: _format_map(meta.get("labels") or {}),
         "metadata.annotations": lambda: _format_map(meta.get("annotations") or {}),
     }
@@ -181,7 +184,7 @@ def resource_value(pod: Mapping[str, Any], container_name: str, ref: Mapping[str
 
 
 def service_env(api_host: str | None, api_port: int | None) -> dict[str, str]:
-    """``KUBERNETES_SERVICE_*`` pointing at the API server this node agent uses (in-cluster clients need it)."""
+    """``KUBERNETES_SERVICE_*`` naming the ``kubernetes`` Service (its ClusterIP and port), as in-cluster clients expect."""
     if not api_host or not api_port:
         return {}
     return {

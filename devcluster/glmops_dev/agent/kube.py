@@ -225,6 +225,20 @@ class AgentApi:
         except Exception as exc:  # noqa: BLE001 - events are informational; never fail a pod over one
             log.debug("event %s for %s/%s not recorded: %s", reason, meta["namespace"], meta["name"], exc)
 
+    def kubernetes_service(self) -> tuple[str, int] | None:
+        """ClusterIP and port of the ``kubernetes`` Service when it has endpoints (pods reach the API there)."""
+        service = self._read_or_none(self.core.read_namespaced_service, "kubernetes", "default")
+        endpoints = self._read_or_none(self.core.read_namespaced_endpoints, "kubernetes", "default")
+        if not service or not endpoints:
+            return None
+        if not any(subset.get("addresses") for subset in endpoints.get("subsets") or []):
+            return None
+        cluster_ip = str((service.get("spec") or {}).get("clusterIP") or "")
+        ports = (service.get("spec") or {}).get("ports") or []
+        if not cluster_ip or cluster_ip == "None" or not ports:
+            return None
+        return cluster_ip, int(ports[0]["port"])
+
     # -- nodes ---------------------------------------------------------------------------------
 
     def list_nodes(self, label_selector: str) -> list[dict[str, Any]]:

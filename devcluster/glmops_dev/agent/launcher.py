@@ -1,10 +1,15 @@
 """Run one container process in its own mount namespace, with its volumes bound at their mount paths.
 
     python -m glmops_dev.agent.launcher [--bind SRC:DST[:ro]]... [--workdir DIR] [--error-fd N]
+                                        [--netns PATH] [--hostname NAME]
                                         [--die-with-parent] -- ARGV...
     python -m glmops_dev.agent.launcher --check
 
-The launcher unshares the mount namespace (``unshare(CLONE_NEWNS)`` through ctypes: Python 3.11
+``--netns PATH``: first join the network namespace that ``PATH`` names (``/run/netns/NAME``),
+so every process and exec probe of a pod shares the pod's network. ``--hostname NAME``: a UTS
+namespace of its own whose hostname is the pod's (as each container of a pod sees it).
+
+The launcher then unshares the mount namespace (``unshare(CLONE_NEWNS)`` through ctypes: Python 3.11
 has no ``os.unshare``), makes every mount private so nothing leaks back to the host, binds each
 ``SRC`` onto ``DST`` (creating the mount point when missing; read-only when ``:ro``), changes to
 ``--workdir`` and ``exec``s ``ARGV`` with the environment it was given. It must run as root.
@@ -32,6 +37,8 @@ import sys
 from dataclasses import dataclass
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 SIGKILL = 9
 MS_RDONLY = 0x1
@@ -80,6 +87,8 @@ def _libc() -> ctypes.CDLL:
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     return libc
 
 
@@ -102,6 +111,25 @@ def enter_private_mount_namespace(libc: ctypes.CDLL) -> None:
     """Unshare the mount namespace and stop mount events from propagating to and from the host."""
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS) (the node agent must run as root)")
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making / a private mount")
+
+
+def enter_network_namespace(libc: ctypes.CDLL, path: str) -> None:
+    """Join the network namespace named by ``path`` (a pod's: its interfaces, routes, ports)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LaunchError(f"network namespace {path}: {exc.strerror}") from exc
+    try:
+        _check(libc.setns(fd, CLONE_NEWNET), f"joining the network namespace {path}")
+    finally:
+        os.close(fd)
+
+
+def set_hostname(libc: ctypes.CDLL, name: str) -> None:
+    """Give the process a UTS namespace of its own named ``name`` (the pod's hostname)."""
+    encoded = name.encode()
+    _check(libc.unshare(CLONE_NEWUTS), "unshare(CLONE_NEWUTS)")
+    _check(libc.sethostname(encoded, len(encoded)), f"setting the hostname {name!r}")
 
 
 def _make_mount_point(target: str, source_is_dir: bool) -> None:
@@ -153,6 +181,8 @@ class _Args:
     check: bool
     die_with_parent: bool
     argv: list[str]
+    netns: str | None = None
+    hostname: str | None = None
 
 
 def _parse(argv: list[str]) -> _Args:
@@ -172,7 +202,7 @@ def _parse(argv: list[str]) -> _Args:
                 args.die_with_parent = True
             i += 1
             continue
-        if item in ("--bind", "--workdir", "--error-fd"):
+        if item in ("--bind", "--workdir", "--error-fd", "--netns", "--hostname"):
             if i + 1 >= len(argv):
                 raise LaunchError(f"{item} needs a value")
             value = argv[i + 1]
@@ -180,6 +210,10 @@ def _parse(argv: list[str]) -> _Args:
                 args.binds.append(parse_bind(value))
             elif item == "--workdir":
                 args.workdir = value
+            elif item == "--netns":
+                args.netns = value
+            elif item == "--hostname":
+                args.hostname = value
             else:
                 args.error_fd = int(value)
             i += 2
@@ -210,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         libc = _libc()
         if args.die_with_parent:
             die_with_parent(libc)
+        if args.netns:
+            enter_network_namespace(libc, args.netns)
+        if args.hostname:
+            set_hostname(libc, args.hostname)
         enter_private_mount_namespace(libc)
         if args.check:
             return 0

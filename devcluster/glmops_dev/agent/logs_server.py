@@ -6,7 +6,8 @@ parameters ``tailLines``, ``limitBytes``, ``sinceSeconds``, ``sinceTime``, ``tim
 ``follow`` and ``previous``. This server answers that over HTTPS with a self-signed certificate
 made at start (the API server checks the kubelet's certificate only when
 ``--kubelet-certificate-authority`` is set) and asks for no client certificate: it listens on
-127.0.0.1 only.
+the node's address only (loopback, or the host's end of the pod network's link), never on an
+address other machines reach.
 """
 
 from __future__ import annotations
@@ -57,15 +58,18 @@ class LogSource(Protocol):
         ...
 
 
-def self_signed_certificate(directory: Path, common_name: str = "glmops-node-agent") -> tuple[Path, Path]:
-    """A fresh ECDSA P-256 certificate and key for 127.0.0.1/localhost (made with the openssl CLI)."""
+def self_signed_certificate(
+    directory: Path, common_name: str = "glmops-node-agent", address: str = "127.0.0.1"
+) -> tuple[Path, Path]:
+    """A fresh ECDSA P-256 certificate and key for ``address``/localhost (made with the openssl CLI)."""
+    names = ",".join(f"IP:{ip}" for ip in dict.fromkeys(["127.0.0.1", address]))
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "kubelet.crt", directory / "kubelet.key"
     result = subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-sha256", "-days", "365", "-subj", f"/CN={common_name}",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-addext", f"subjectAltName={names},DNS:localhost",
             "-keyout", str(key), "-out", str(cert),
         ],
         capture_output=True, text=True, timeout=60, check=False,
@@ -202,13 +206,16 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class KubeletLogServer:
-    """The HTTPS log endpoint on 127.0.0.1 (a free port unless one is given)."""
+    """The HTTPS log endpoint on the node's address (a free port unless one is given)."""
 
-    def __init__(self, source: LogSource, cert_dir: Path, agent_id: str, port: int = 0) -> None:
-        cert, key = self_signed_certificate(cert_dir)
+    def __init__(
+        self, source: LogSource, cert_dir: Path, agent_id: str, port: int = 0, address: str = "127.0.0.1"
+    ) -> None:
+        cert, key = self_signed_certificate(cert_dir, address=address)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self._server = _Server(("127.0.0.1", port), source, context, agent_id)
+        self.address = address
+        self._server = _Server((address, port), source, context, agent_id)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kubelet-log-server", daemon=True

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-POD_IP = "127.0.0.1"
-HOST_IP = "127.0.0.1"
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
@@ -153,6 +151,14 @@ def compute_phase(
     return FAILED if failed > 0 else SUCCEEDED
 
 
+@dataclass(frozen=True)
+class PodAddresses:
+    """Where a pod runs on the network: the node's address and, once its sandbox exists, the pod's."""
+
+    host_ip: str
+    pod_ip: str | None = None
+
+
 @dataclass
 class ConditionMemory:
     """Last status and transition time of each condition, so transitions keep their times."""
@@ -187,8 +193,13 @@ def build_status(
     image_ids: Mapping[str, str],
     pod_failure: tuple[str, str] | None = None,
     now: datetime | None = None,
+    addresses: PodAddresses | None = None,
 ) -> dict[str, Any]:
-    """The whole ``status`` of a pod (every field the kubelet owns; null clears reason/message)."""
+    """The whole ``status`` of a pod (every field the kubelet owns; null clears reason/message).
+
+    ``podIP``/``podIPs`` appear once the pod has an address (as the kubelet reports them after
+    the sandbox is up); ``hostIP`` is the node's address.
+    """
     spec = pod.get("spec") or {}
     moment = timestamp(now or datetime.now(UTC))
     phase = compute_phase(str(spec.get("restartPolicy") or "Always"), init, app, pod_failure is not None)
@@ -251,14 +262,16 @@ def build_status(
     status: dict[str, Any] = {
         "phase": phase,
         "conditions": conditions,
-        "hostIP": HOST_IP,
-        "podIP": POD_IP,
-        "podIPs": [{"ip": POD_IP}],
         "startTime": timestamp(start_time),
         "containerStatuses": [c.to_json(image_ids.get(c.name, "")) for c in app],
         "reason": pod_failure[0] if pod_failure else None,
         "message": pod_failure[1] if pod_failure else None,
     }
+    if addresses is not None:
+        status["hostIP"] = addresses.host_ip
+        if addresses.pod_ip:
+            status["podIP"] = addresses.pod_ip
+            status["podIPs"] = [{"ip": addresses.pod_ip}]
     if init:
         status["initContainerStatuses"] = [c.to_json(image_ids.get(c.name, "")) for c in init]
     return status

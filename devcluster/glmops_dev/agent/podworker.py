@@ -1,8 +1,15 @@
-"""One pod's life on a simulated node: volumes, init containers, containers, restarts, probes, status, deletion.
+"""One pod's life on a simulated node: network, volumes, init containers, containers, restarts, probes,
+status, deletion.
 
 A :class:`PodWorker` owns a thread that alone changes the pod's state; the watch loop, the probes
 and the agent only post messages to it. Each change of the computed status is written through
 the status subresource, as the kubelet's status manager does.
+
+Like the kubelet, the worker first gives the pod its sandbox (a network namespace and IP from the
+agent's :class:`~glmops_dev.network.PodNetwork`, plus resolv.conf, hosts and hostname files),
+and ends a deleted pod gracefully: each running container's ``preStop`` hook runs, then
+SIGTERM, then SIGKILL once ``terminationGracePeriodSeconds`` (or the deletion's own grace
+period) is spent. Only when the node agent itself stops is the grace period capped.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ from glmops_dev.agent.podstatus import (
     TERMINAL_PHASES,
     ConditionMemory,
     ContainerState,
+    PodAddresses,
     Terminated,
     build_status,
 )
-from glmops_dev.agent.probes import LIVENESS, READINESS, STARTUP, Prober
-from glmops_dev.agent.runtime import ContainerProcess, LaunchSpec, StartError, run_exec
+from glmops_dev.agent.probes import LIVENESS, READINESS, STARTUP, Prober, run_probe
+from glmops_dev.agent.runtime import ContainerProcess, LaunchSpec, PodNamespaces, StartError, run_exec
 from glmops_dev.agent.volumes import (
     PodPaths,
     PreparedVolume,
@@ -44,6 +52,8 @@ from glmops_dev.agent.volumes import (
     prepare_volumes,
     reset_termination_file,
 )
+from glmops_dev.network.podfiles import PodDnsError, hosts_file, pod_hostname, resolv_conf
+from glmops_dev.network.sandbox import PodNetwork, PodSandbox, SandboxError
 
 log = logging.getLogger("glmops_dev.agent")
 
@@ -55,6 +65,8 @@ BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 600.0
 """A container that ran this long without failing starts its back-off afresh (as the kubelet)."""
 DEFAULT_GRACE_S = 30
+MINIMUM_GRACE_S = 2.0
+"""What a container gets after SIGTERM even when its preStop hook used the whole grace period (kubelet rule)."""
 LOOP_TICK_S = 0.2
 STATUS_RETRY_S = 1.0
 
@@ -64,6 +76,8 @@ REASON_AGENT_STOPPED = "NodeAgentStopped"
 REASON_AGENT_ERROR = "NodeAgentError"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_HIDDEN = "MountPathHidesLocalRuntime"
+REASON_SANDBOX = "FailedCreatePodSandBox"
+REASON_DNS = "DNSConfigForming"
 
 
 @dataclass(frozen=True)
@@ -77,10 +91,15 @@ class WorkerContext:
     home: str
     services: Mapping[str, str]
     grace_cap_s: float
+    """The longest grace period containers get when the node agent itself stops."""
     mount_problem: str | None
     """Why containers cannot get mount namespaces (None when they can)."""
     needed_paths: tuple[str, ...] = ()
     """Host paths every process needs (the project's Python and sources): no mount may cover them."""
+    network: PodNetwork | None = None
+    """Gives pods their namespace and address; None runs every pod on the host's network."""
+    host_ip: str = "127.0.0.1"
+    """The node's address (every pod's ``hostIP``)."""
 
 
 class Backoff:
@@ -148,6 +167,14 @@ class PodWorker:
             r.name: f"local://{image_repository(str(r.spec.get('image', '')))}" for r in self.all
         }
         self._memory = ConditionMemory()
+        self.host_network = bool(spec.get("hostNetwork"))
+        self.sandbox: PodSandbox | None = None
+        """The pod's network namespace and address while it has them."""
+        self.pod_ip: str | None = ctx.host_ip if self.host_network or ctx.network is None else None
+        """The pod's address once it has one (kept after the sandbox is gone, as the kubelet reports it)."""
+        self._network_files: list[Bind] = []
+        self._sandbox_backoff = Backoff()
+        self._next_sandbox_try = 0.0
         self._volumes: dict[str, PreparedVolume] = {}
         self._volume_backoff = Backoff()
         self._next_volume_try = 0.0
@@ -234,6 +261,7 @@ class PodWorker:
                 log.warning(
                     "pod %s/%s: could not report the failure: %s", self.namespace, self.name, push_error
                 )
+            self._teardown_sandbox()
             cleanup_pod_dir(self.paths.pod_dir)
         finally:
             self._on_finished(self.uid)
@@ -264,10 +292,11 @@ class PodWorker:
             if self.pod_failure is None:
                 self._step()
             if self.pod_failure is not None and any(r.process is not None for r in self.all):
-                self._kill_all(self._grace_s())
+                self._kill_all(self._grace_s(), pre_stop=True)
             self._push_status()
             if self._last_status is not None and self._last_status["phase"] in TERMINAL_PHASES:
                 self._stop_probes()
+                self._teardown_sandbox()
                 cleanup_pod_dir(self.paths.pod_dir)
                 return
             self._wake.wait(LOOP_TICK_S)
@@ -311,7 +340,7 @@ class PodWorker:
     # -- one pass over the containers ----------------------------------------------------------
 
     def _step(self) -> None:
-        if not self._volumes_ready():
+        if not self._sandbox_ready() or not self._volumes_ready():
             return
         pending_init = next((r for r in self.init if not r.state.succeeded), None)
         if pending_init is not None:
@@ -320,13 +349,88 @@ class PodWorker:
         for runtime in self.app:
             self._advance(runtime)
 
+    # -- the network sandbox -------------------------------------------------------------------
+
+    def _sandbox_ready(self) -> bool:
+        """Give the pod its network namespace, address and network files (retried with back-off, as the kubelet)."""
+        network = self.ctx.network
+        if self.host_network or network is None or self.sandbox is not None:
+            return True
+        if time.monotonic() < self._next_sandbox_try:
+            return False
+        try:
+            sandbox = network.setup(self.uid)
+        except SandboxError as exc:
+            message = f"Failed to create pod sandbox: {exc}"
+            for runtime in self.all:
+                if runtime.process is None and runtime.state.terminated is None:
+                    runtime.state.set_waiting("ContainerCreating", message)
+            self.ctx.api.emit_event(self.pod, "Warning", REASON_SANDBOX, message)
+            self._next_sandbox_try = time.monotonic() + self._sandbox_backoff.next()
+            return False
+        self.sandbox, self.pod_ip = sandbox, sandbox.ip
+        try:
+            self._network_files = self._write_network_files(network, sandbox)
+        except PodDnsError as exc:
+            self._fail_pod(REASON_DNS, str(exc))
+            return False
+        return True
+
+    def _write_network_files(self, network: PodNetwork, sandbox: PodSandbox) -> list[Bind]:
+        """resolv.conf, hosts and hostname of the pod, and the binds that show them in every container."""
+        folder = self.paths.pod_dir / "network"
+        folder.mkdir(parents=True, exist_ok=True)
+        contents = {
+            "resolv.conf": resolv_conf(self.pod, network.dns_ip),
+            "hosts": hosts_file(self.pod, sandbox.ip),
+            "hostname": pod_hostname(self.pod) + "\n",
+        }
+        binds = []
+        for name, text in contents.items():
+            path = folder / name
+            path.write_text(text)
+            path.chmod(0o644)
+            binds.append(Bind(str(path), f"/etc/{name}"))
+        return binds
+
+    def _teardown_sandbox(self) -> None:
+        """Remove the pod's network namespace and give its address back (its containers have ended)."""
+        network = self.ctx.network
+        if network is None or self.host_network:
+            return
+        try:
+            network.teardown(self.uid)
+        except Exception as exc:  # noqa: BLE001 - the next environment's sweep removes what is left
+            log.warning("pod %s/%s: removing its network failed: %s", self.namespace, self.name, exc)
+        self.sandbox = None
+
+    @property
+    def addresses(self) -> PodAddresses:
+        """The node's address and the pod's (once it has one)."""
+        return PodAddresses(host_ip=self.ctx.host_ip, pod_ip=self.pod_ip)
+
+    def _pod_view(self) -> Mapping[str, Any]:
+        """The pod object with the addresses the agent knows in its status (for the downward API)."""
+        status = dict(self.pod.get("status") or {})
+        status["hostIP"] = self.ctx.host_ip
+        if self.pod_ip:
+            status["podIP"] = self.pod_ip
+            status["podIPs"] = [{"ip": self.pod_ip}]
+        return {**self.pod, "status": status}
+
+    def _namespaces(self) -> PodNamespaces:
+        """The namespaces every process of the pod enters (the host's network for hostNetwork pods)."""
+        if self.sandbox is None:
+            return PodNamespaces(netns_path=None, hostname=None if self.host_network else pod_hostname(self.pod))
+        return PodNamespaces(netns_path=self.sandbox.netns_path, hostname=pod_hostname(self.pod))
+
     def _volumes_ready(self) -> bool:
         if self._volumes or not (self.pod["spec"].get("volumes") or []):
             return True
         if time.monotonic() < self._next_volume_try:
             return False
         try:
-            self._volumes = prepare_volumes(self.pod, self.paths, self.ctx.api)
+            self._volumes = prepare_volumes(self._pod_view(), self.paths, self.ctx.api)
             return True
         except (VolumeUnsupportedError, ContainerConfigError) as exc:
             self._fail_pod(REASON_VOLUME, str(exc))
@@ -343,7 +447,10 @@ class PodWorker:
             if runtime.kill_reason:
                 self.ctx.api.emit_event(self.pod, "Normal", "Killing", runtime.kill_reason, runtime.name)
                 runtime.kill_reason = ""
-                runtime.process.terminate(self._grace_s())
+                grace_s = self._grace_s()
+                deadline = time.monotonic() + grace_s
+                self._run_pre_stop([runtime], deadline)
+                runtime.process.terminate(max(deadline - time.monotonic(), min(grace_s, MINIMUM_GRACE_S)))
             code = runtime.process.poll()
             if code is not None:
                 self._ended(runtime, code)
@@ -413,13 +520,13 @@ class PodWorker:
         spec = runtime.spec
         image = str(spec.get("image", ""))
         try:
-            env = container_env(self.pod, spec, self.ctx.api, self.ctx.services)
+            env = container_env(self._pod_view(), spec, self.ctx.api, self.ctx.services)
             argv = self.ctx.images.command_for(
                 image,
                 expand_all([str(x) for x in spec.get("command") or []], env),
                 expand_all([str(x) for x in spec.get("args") or []], env),
             )
-            binds = container_binds(spec, self._volumes, self.paths, env)
+            binds = [*self._network_files, *container_binds(spec, self._volumes, self.paths, env)]
             needed = [*self.ctx.needed_paths, *([os.path.dirname(argv[0])] if os.path.isabs(argv[0]) else [])]
             hidden = hidden_paths(binds, needed)
         except ContainerConfigError as exc:
@@ -458,6 +565,7 @@ class PodWorker:
                     binds=binds,
                     workdir=workdir,
                     record_path=self.paths.record_path(runtime.name),
+                    pod=self._namespaces(),
                 )
             )
         except StartError as exc:
@@ -484,8 +592,7 @@ class PodWorker:
             return
         spec = runtime.spec
 
-        def exec_runner(argv: list[str], timeout_s: float) -> tuple[int, str]:
-            return run_exec(argv, runtime.env, self.paths.work_dir, runtime.binds, workdir, timeout_s)
+        exec_runner = self._exec_runner(runtime, workdir)
 
         def started() -> bool:
             prober = runtime.probers.get(STARTUP)
@@ -497,8 +604,19 @@ class PodWorker:
                 continue
             gate = None if kind == STARTUP else started
             runtime.probers[kind] = Prober(
-                kind, probe, spec, exec_runner, self._on_probe(runtime.name), gate
+                kind, probe, spec, exec_runner, self._on_probe(runtime.name), gate, self.pod_ip or self.ctx.host_ip
             ).start()
+
+    def _exec_runner(
+        self, runtime: ContainerRuntime, workdir: str | None
+    ) -> Callable[[list[str], float], tuple[int, str]]:
+        """Runs a command as the container's process runs: its mounts, environment and network."""
+        namespaces = self._namespaces()
+
+        def run(argv: list[str], timeout_s: float) -> tuple[int, str]:
+            return run_exec(argv, runtime.env, self.paths.work_dir, runtime.binds, workdir, timeout_s, namespaces)
+
+        return run
 
     def _stop_probes(self, runtime: ContainerRuntime | None = None) -> None:
         for item in [runtime] if runtime is not None else self.all:
@@ -527,28 +645,72 @@ class PodWorker:
                 f"Pod was active on the node longer than the specified deadline ({deadline} s)",
             )
 
-    def _grace_s(self) -> float:
+    def _grace_s(self, capped: bool = False) -> float:
+        """The pod's grace period: the deletion's, else ``terminationGracePeriodSeconds``, else 30 s.
+
+        ``capped``: at most the agent's cap (when the node agent itself stops).
+        """
         meta_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         spec_grace = self.pod["spec"].get("terminationGracePeriodSeconds")
-        grace = (
+        grace = float(
             meta_grace
             if meta_grace is not None
             else spec_grace
             if spec_grace is not None
             else DEFAULT_GRACE_S
         )
-        return min(float(grace), self.ctx.grace_cap_s)
+        return min(grace, self.ctx.grace_cap_s) if capped else grace
 
-    def _kill_all(self, grace_s: float) -> None:
-        """SIGTERM every running container at once, SIGKILL what is left after ``grace_s``."""
+    def _run_pre_stop(self, runtimes: list[ContainerRuntime], deadline: float) -> None:
+        """Run the ``preStop`` hooks of these containers at once; wait for them until ``deadline`` at most."""
+        hooks = [
+            (runtime, runtime.spec["lifecycle"]["preStop"])
+            for runtime in runtimes
+            if not runtime.init and runtime.process is not None
+            and ((runtime.spec.get("lifecycle") or {}).get("preStop"))
+        ]
+        threads = []
+        for runtime, handler in hooks:
+            thread = threading.Thread(
+                target=self._pre_stop, args=(runtime, handler, deadline), name=f"prestop-{runtime.name}", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _pre_stop(self, runtime: ContainerRuntime, handler: Mapping[str, Any], deadline: float) -> None:
+        where = f"container {runtime.name}: lifecycle.preStop"
+        if "exec" not in handler and "httpGet" not in handler:
+            message = f"{where}: only exec and httpGet handlers run here (got {sorted(handler)})"
+            self.ctx.api.emit_event(self.pod, "Warning", "FailedPreStopHook", message, runtime.name)
+            return
+        workdir = str(runtime.spec["workingDir"]) if runtime.spec.get("workingDir") else None
+        timed = {**handler, "timeoutSeconds": max(deadline - time.monotonic(), 0.1)}
+        ok, message = run_probe(
+            timed, runtime.spec, self._exec_runner(runtime, workdir), where, self.pod_ip or self.ctx.host_ip
+        )
+        if not ok:
+            self.ctx.api.emit_event(
+                self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {message}", runtime.name
+            )
+
+    def _kill_all(self, grace_s: float, pre_stop: bool = False) -> None:
+        """End every running container as the kubelet does: ``preStop`` hooks (when asked), then SIGTERM
+        to all at once, then SIGKILL to what is left when ``grace_s`` is spent."""
         running = [r for r in self.all if r.process is not None]
+        deadline = time.monotonic() + grace_s
         for runtime in running:
-            assert runtime.process is not None
             self.ctx.api.emit_event(
                 self.pod, "Normal", "Killing", f"Stopping container {runtime.name}", runtime.name
             )
+        if pre_stop and grace_s > 0:
+            self._run_pre_stop(running, deadline)
+            # A hook that used the whole grace period still leaves the process a moment after SIGTERM.
+            deadline = max(deadline, time.monotonic() + min(grace_s, MINIMUM_GRACE_S))
+        for runtime in running:
+            assert runtime.process is not None
             runtime.process.send(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
         for runtime in running:
             process = runtime.process
             assert process is not None
@@ -569,7 +731,13 @@ class PodWorker:
             )
 
     def _shutdown(self, why: str) -> None:
-        self._kill_all(0 if why == "deleted" else self._grace_s())
+        if why == "deleted":
+            self._kill_all(0)
+        elif why == "deleting":
+            self._kill_all(self._grace_s(), pre_stop=True)
+        else:
+            self._kill_all(self._grace_s(capped=True))
+        self._teardown_sandbox()
         if why == "stop-fail" and self.phase not in TERMINAL_PHASES:
             self._fail_pod(REASON_AGENT_STOPPED, "the node agent stopped; it ended the pod's containers")
         try:
@@ -592,6 +760,7 @@ class PodWorker:
             self.start_time,
             self._image_ids,
             self.pod_failure,
+            addresses=self.addresses,
         )
         self.phase = str(status["phase"])
         if status == self._last_status:

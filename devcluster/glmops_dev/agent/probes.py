@@ -1,7 +1,8 @@
-"""Readiness, liveness and startup probes against 127.0.0.1 (the pod's address on a simulated node).
+"""Readiness, liveness and startup probes, run as the kubelet runs them: from the node, against the pod's IP.
 
 ``httpGet`` (2xx/3xx is success), ``tcpSocket`` (a connection is success) and ``exec`` (exit 0,
-run with the container's mounts and environment) follow the kubelet's timing: nothing before
+run with the container's mounts, environment and network namespace) go to the pod's address
+unless the probe names a ``host``. They follow the kubelet's timing: nothing before
 ``initialDelaySeconds``, then one try every ``periodSeconds`` with ``timeoutSeconds``; the result
 flips after ``successThreshold`` successes or ``failureThreshold`` failures in a row.
 """
@@ -15,7 +16,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-POD_HOST = "127.0.0.1"
 READINESS, LIVENESS, STARTUP = "readiness", "liveness", "startup"
 INITIAL_RESULT = {READINESS: False, LIVENESS: True, STARTUP: False}
 """What a probe reports before its first try (the kubelet's defaults)."""
@@ -38,17 +38,21 @@ def resolve_port(port: Any, container: Mapping[str, Any], where: str) -> int:
 
 
 def run_probe(
-    probe: Mapping[str, Any], container: Mapping[str, Any], exec_runner: ExecRunner, where: str
+    probe: Mapping[str, Any],
+    container: Mapping[str, Any],
+    exec_runner: ExecRunner,
+    where: str,
+    pod_ip: str,
 ) -> tuple[bool, str]:
-    """Try a probe once: (success, what happened)."""
+    """Try a probe (or a lifecycle handler: same shape) once: (success, what happened)."""
     timeout_s = float(probe.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in probe:
-            return _http_get(probe["httpGet"], container, timeout_s, f"{where}.httpGet")
+            return _http_get(probe["httpGet"], container, timeout_s, f"{where}.httpGet", pod_ip)
         if "tcpSocket" in probe:
             spec = probe["tcpSocket"]
             port = resolve_port(spec.get("port"), container, f"{where}.tcpSocket")
-            host = str(spec.get("host") or POD_HOST)
+            host = str(spec.get("host") or pod_ip)
             with socket.create_connection((host, port), timeout=timeout_s):
                 return True, f"connected to {host}:{port}"
         if "exec" in probe:
@@ -61,10 +65,10 @@ def run_probe(
 
 
 def _http_get(
-    spec: Mapping[str, Any], container: Mapping[str, Any], timeout_s: float, where: str
+    spec: Mapping[str, Any], container: Mapping[str, Any], timeout_s: float, where: str, pod_ip: str
 ) -> tuple[bool, str]:
     port = resolve_port(spec.get("port"), container, where)
-    host = str(spec.get("host") or POD_HOST)
+    host = str(spec.get("host") or pod_ip)
     path = str(spec.get("path") or "/")
     if not path.startswith("/"):
         path = "/" + path
@@ -101,9 +105,14 @@ class Prober:
         exec_runner: ExecRunner,
         on_change: Callable[[str, bool, str], None],
         gate: Callable[[], bool] | None = None,
+        pod_ip: str = "127.0.0.1",
     ) -> None:
-        """``on_change(kind, result, message)`` is called from the probe's thread; ``gate`` delays tries until True."""
+        """``on_change(kind, result, message)`` is called from the probe's thread; ``gate`` delays tries until True.
+
+        ``pod_ip``: where ``httpGet`` and ``tcpSocket`` probes connect unless they name a ``host``.
+        """
         self.kind = kind
+        self.pod_ip = pod_ip
         self.result = INITIAL_RESULT[kind]
         self.gave_up = False
         """True once a liveness or startup probe failed ``failureThreshold`` times: restart the container."""
@@ -138,7 +147,7 @@ class Prober:
             if self._gate is not None and not self._gate():
                 self._stop.wait(min(period_s, 0.5))
                 continue
-            ok, message = run_probe(self._probe, self._container, self._exec_runner, self._where)
+            ok, message = run_probe(self._probe, self._container, self._exec_runner, self._where, self.pod_ip)
             if self._stop.is_set():
                 return
             if ok:

@@ -34,7 +34,19 @@ class StartError(Exception):
     """The process could not be started (mount or ``exec`` failed); the message says why."""
 
 
-def launcher_argv(binds: list[Bind], workdir: str | None, error_fd: int | None) -> list[str]:
+@dataclass(frozen=True)
+class PodNamespaces:
+    """The pod-wide namespaces every process of a pod enters (None: the host's)."""
+
+    netns_path: str | None = None
+    """The pod's network namespace (``/run/netns/NAME``)."""
+    hostname: str | None = None
+    """The hostname its processes see."""
+
+
+def launcher_argv(
+    binds: list[Bind], workdir: str | None, error_fd: int | None, pod: PodNamespaces | None = None
+) -> list[str]:
     """The argv prefix that runs the launcher with the project's Python, isolated from the container's env."""
     argv = [sys.executable, "-I", str(LAUNCHER_PATH)]
     for bind in binds:
@@ -43,6 +55,10 @@ def launcher_argv(binds: list[Bind], workdir: str | None, error_fd: int | None) 
         argv += ["--workdir", workdir]
     if error_fd is not None:
         argv += ["--error-fd", str(error_fd)]
+    if pod is not None and pod.netns_path:
+        argv += ["--netns", pod.netns_path]
+    if pod is not None and pod.hostname:
+        argv += ["--hostname", pod.hostname]
     return [*argv, "--die-with-parent"]
 
 
@@ -111,6 +127,8 @@ class LaunchSpec:
     workdir: str | None = None
     """The container's ``workingDir`` (a path inside the namespace), entered after mounting."""
     record_path: Path | None = None
+    pod: PodNamespaces | None = None
+    """The pod's network namespace and hostname."""
 
 
 class ContainerProcess:
@@ -135,7 +153,7 @@ class ContainerProcess:
         # One pipe for stdout and stderr: the log keeps the order in which the process wrote
         # (two pipes read by two threads would reorder lines across the streams).
         out_read, out_write = os.pipe()
-        argv = [*launcher_argv(spec.binds, spec.workdir, error_write), "--", *spec.argv]
+        argv = [*launcher_argv(spec.binds, spec.workdir, error_write, spec.pod), "--", *spec.argv]
         try:
             popen = subprocess.Popen(
                 argv,
@@ -246,11 +264,17 @@ def _read_launch_error(fd: int, popen: subprocess.Popen[bytes]) -> str | None:
 
 
 def run_exec(
-    argv: list[str], env: dict[str, str], cwd: Path, binds: list[Bind], workdir: str | None, timeout_s: float
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    binds: list[Bind],
+    workdir: str | None,
+    timeout_s: float,
+    pod: PodNamespaces | None = None,
 ) -> tuple[int, str]:
-    """Run a command the way a container's process runs (same mounts and env) and capture its output."""
+    """Run a command the way a container's process runs (same mounts, env and network) and capture its output."""
     process = subprocess.Popen(
-        [*launcher_argv(binds, workdir, None), "--", *argv],
+        [*launcher_argv(binds, workdir, None, pod), "--", *argv],
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
