@@ -1,13 +1,11 @@
 """A ModelDeployment served for real: llama-server (built from the llama-cpp-python sdist) runs a tiny
-GLM-4.7-Flash-architecture GGUF in a pod of the node agent; status follows the pods.
+GLM-4.7-Flash-architecture GGUF in pods of the node agent, reached through the deployment's
+Service by the name in status.endpoint; status follows the pods.
 
-Until pods get their own network namespaces, a serving pod shares this machine's network: the
-operator gives servers a free port on loopback (tests/operator/conftest.py), one replica at a
-time can listen on it, and a surge pod finds the port taken. So this module checks what a single
-replica allows: readiness, the API key, the OpenAI and Anthropic clients on the pod itself
-(reasoning returned apart), a new version that fails while the old one serves, rolling back, a
-Recreate rollout to a new artifact, and a surge that has no spare GPU. The same clients through
-the Service and a surge rollout with zero failed requests are in test_modeldeployment_e2e.py.
+Checked here: readiness, the API key, the OpenAI and Anthropic clients (reasoning returned apart),
+a new version that fails while the old one serves, rolling back, a Recreate rollout to a new
+artifact, and a surge that has no spare GPU. A surge rollout under load with zero failed requests
+is in test_modeldeployment_e2e.py.
 """
 
 from __future__ import annotations
@@ -56,9 +54,9 @@ def served(cluster: Any, glmops_operator: Any, node_agent: Any, namespace: str, 
     yield namespace
 
 
-def _get(port: int, path: str, key: str | None = KEY) -> tuple[int, str]:
-    """(status, body) of a GET to the serving pod on loopback."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def _get(root: str, path: str, key: str | None = KEY) -> tuple[int, str]:
+    """(status, body) of a GET to the server root `root` (http://NAME.NS.svc:PORT)."""
+    request = urllib.request.Request(f"{root}{path}")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
@@ -72,7 +70,6 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     cluster: Any, glmops_operator: Any, served: str, tiny_ggufs: dict[str, Path]
 ) -> None:
     namespace = served
-    port = int(glmops_operator.extra_env["GLMOPS_SERVING_CONTAINER_PORT"])
     create_mdep(
         cluster, namespace, "tiny", servedModelName="tiny", source={"fineTuneJob": "tiny-a", "quantization": "Q8_0"},
         gpusPerReplica=0, contextLength=512, parallelSlots=1, apiKeySecret="tiny-key",
@@ -88,26 +85,29 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     current = status()
     assert current["readyReplicas"] == 1 and current["ready"] == "1/1"
     assert current["servedArtifact"] == {"uri": f"file://{tiny_ggufs['a']}", "sha256": sha256_of(tiny_ggufs["a"])}
+    base_url = current["endpoint"]
+    assert base_url == f"http://tiny.{namespace}.svc:8000/v1"
+    root = base_url.removesuffix("/v1")
 
-    code, models = _get(port, "/v1/models")
+    code, models = _get(root, "/v1/models")
     assert code == 200 and [m["id"] for m in json.loads(models)["data"]] == ["tiny"]
-    assert _get(port, "/v1/models", key=None)[0] == 401  # the key from the Secret is enforced
-    assert _get(port, "/health", key=None)[0] == 200
-    code, metrics = _get(port, "/metrics")
+    assert _get(root, "/v1/models", key=None)[0] == 401  # the key from the Secret is enforced
+    assert _get(root, "/health", key=None)[0] == 200
+    code, metrics = _get(root, "/metrics")
     assert code == 200 and "llamacpp:requests_processing" in metrics  # --metrics, what KEDA scales on
 
-    # The clients coding agents use, on the pod itself until Services carry traffic here.
+    # The clients coding agents use, through the Service.
     import anthropic
     import openai
 
-    chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY).chat.completions.create(
+    chat = openai.OpenAI(base_url=base_url, api_key=KEY).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
     )
     message = chat.choices[0].message
     # GLM-4.7's template opens the answer with <think>: --jinja --reasoning-format deepseek return it apart
     reasoning = getattr(message, "reasoning_content", None) or (message.model_extra or {}).get("reasoning_content")
     assert reasoning and "<think>" not in (message.content or "")
-    answer = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=KEY).messages.create(
+    answer = anthropic.Anthropic(base_url=root, api_key=KEY).messages.create(
         model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
     )
     assert answer.role == "assistant" and answer.content  # /v1/messages
@@ -124,7 +124,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     assert condition(body, "Ready")["status"] == "True" and body["status"]["phase"] == "Degraded"
     assert body["status"]["servedArtifact"]["uri"] == f"file://{tiny_ggufs['a']}"
     assert "roll back" in condition(body, "Degraded")["message"]
-    assert _get(port, "/v1/models")[0] == 200
+    assert _get(root, "/v1/models")[0] == 200
 
     # Setting the source back rolls back: the old ReplicaSet is the current one again.
     patch_mdep(cluster, namespace, "tiny", {"source": {"quantization": "Q8_0"}})
@@ -142,7 +142,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
         240,
         diagnose,
     )
-    assert _get(port, "/v1/models")[0] == 200
+    assert _get(root, "/v1/models")[0] == 200
 
 
 def test_a_surge_with_no_spare_gpu_says_so_and_recreate_rolls_out(
