@@ -18,6 +18,9 @@ class ConditionType(StrEnum):
     scheduled = "Scheduled"
     training = "Training"
     ready = "Ready"  # top-level for ModelDeployment
+    progressing = "Progressing"  # ModelDeployment: a rollout is under way (True) or finished/stuck (False)
+    degraded = "Degraded"  # ModelDeployment: something needs attention although it may still serve
+    resolved = "Resolved"  # ModelDeployment: the artifact to serve is known and usable
 
 
 class Reason(StrEnum):
@@ -42,6 +45,38 @@ class Reason(StrEnum):
     retries_exhausted = "RetriesExhausted"
     cancelled = "Cancelled"
     trainer_job_deleted = "TrainerJobDeleted"
+    # serving: what the artifact resolution and validation of a ModelDeployment decided
+    resolved = "Resolved"
+    fine_tune_job_not_found = "FineTuneJobNotFound"
+    fine_tune_job_not_succeeded = "FineTuneJobNotSucceeded"
+    fine_tune_job_failed = "FineTuneJobFailed"
+    artifact_runtime_mismatch = "ArtifactRuntimeMismatch"
+    artifact_not_produced = "ArtifactNotProduced"
+    quantization_not_produced = "QuantizationNotProduced"
+    adapter_base_mismatch = "AdapterBaseMismatch"
+    adapter_needs_base = "AdapterNeedsBase"
+    duplicate_model_name = "DuplicateModelName"
+    field_not_for_runtime = "FieldNotForRuntime"
+    context_too_long = "ContextTooLong"
+    tensor_parallel_mismatch = "TensorParallelMismatch"
+    uri_not_servable = "UriNotServable"
+    variant_required = "VariantRequired"
+    extra_arg_owned = "ExtraArgOwned"
+    invalid_name = "InvalidName"
+    model_downloading = "ModelDownloading"
+    model_download_failed = "ModelDownloadFailed"
+    # serving: what the pods show
+    replicas_ready = "ReplicasReady"
+    no_ready_replicas = "NoReadyReplicas"
+    scaled_to_zero = "ScaledToZero"
+    rolling_out = "RollingOut"
+    rollout_complete = "RolloutComplete"
+    model_loading = "ModelLoading"
+    new_version_not_ready = "NewVersionNotReady"
+    surge_unschedulable = "SurgeUnschedulable"
+    container_failing = "ContainerFailing"
+    deployment_missing = "DeploymentMissing"
+    healthy = "Healthy"
 
 
 def set_condition(

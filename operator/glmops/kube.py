@@ -217,3 +217,121 @@ def pod_log_tail(api: client.ApiClient, namespace: str, pod: str, container: str
             return ""  # no log yet, or the node cannot serve it right now: try again next poll
         raise
     return data.decode("utf-8", errors="replace")
+
+
+# --- serving (ModelDeployment): server-side apply of owned objects, observation, conditional status ---
+
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "glmops"
+SERVING_PATHS = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Job": ("/apis/batch/v1", "jobs"),
+}
+
+
+def apply_owned(api: client.ApiClient, obj: Mapping[str, Any], owner_uid: str) -> Obj:
+    """Create or update `obj` by server-side apply (glmops owns the fields it sets; others keep theirs).
+
+    An object of that name that another owner holds is never taken over: ForeignObjectError.
+    Applying the same object again changes nothing on the server.
+    """
+    kind, metadata = obj["kind"], obj["metadata"]
+    prefix, plural = SERVING_PATHS[kind]
+    path = _path(prefix, plural, metadata["namespace"], metadata["name"])
+    existing = _get_or_none(api, path)
+    if existing is not None and not owned_by(existing, owner_uid):
+        raise ForeignObjectError(
+            f"{kind} {metadata['namespace']}/{metadata['name']} exists and is not owned by this resource; delete or rename it"
+        )
+    result: Obj = request(
+        api, "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=dict(obj), content_type=APPLY_PATCH
+    )
+    return result
+
+
+def get_deployment(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
+    """An apps/v1 Deployment, or None."""
+    return _get_or_none(api, _path("/apis/apps/v1", "deployments", namespace, name))
+
+
+def list_replica_sets(api: client.ApiClient, namespace: str, label_selector: str) -> list[Obj]:
+    """ReplicaSets matching a label selector."""
+    found: Obj = request(api, "GET", _path("/apis/apps/v1", "replicasets", namespace), query={"labelSelector": label_selector})
+    return list(found.get("items", []))
+
+
+def list_pods(api: client.ApiClient, namespace: str, label_selector: str) -> list[Obj]:
+    """Pods matching a label selector."""
+    found: Obj = request(api, "GET", _path("/api/v1", "pods", namespace), query={"labelSelector": label_selector})
+    return list(found.get("items", []))
+
+
+def patch_custom_status_if(
+    api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
+) -> Obj:
+    """Merge-patch the status subresource only if the object is still at `resource_version` (else 409).
+
+    A writer that computed status from an older read loses instead of undoing a newer writer's status.
+    """
+    body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+    result: Obj = request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body=body, content_type=MERGE_PATCH)
+    return result
+
+
+def read_secret_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
+    """One value of a Secret, decoded; None when the Secret or key is missing.
+
+    Only `glmops connect --show-key` calls it, with the user's own credentials, to print the key
+    the user asked for. The operator never reads Secret values (tests/test_layers.py checks it).
+    """
+    import base64
+
+    secret = _get_or_none(api, _path("/api/v1", "secrets", namespace, name))
+    if secret is None:
+        return None
+    raw = (secret.get("data") or {}).get(key)
+    return base64.b64decode(raw).decode("utf-8") if isinstance(raw, str) else None
+
+
+def create_owned(api: client.ApiClient, obj: Mapping[str, Any], owner_uid: str) -> bool:
+    """Create `obj` unless it exists (True when created); one of another owner is ForeignObjectError.
+
+    For objects that are never changed once made (a cache claim, a download Job).
+    """
+    kind, metadata = obj["kind"], obj["metadata"]
+    prefix, plural = SERVING_PATHS[kind]
+    try:
+        request(api, "POST", _path(prefix, plural, metadata["namespace"]), body=dict(obj))
+        return True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    existing = _get_or_none(api, _path(prefix, plural, metadata["namespace"], metadata["name"]))
+    if existing is not None and not owned_by(existing, owner_uid):
+        raise ForeignObjectError(
+            f"{kind} {metadata['namespace']}/{metadata['name']} exists and is not owned by this resource; delete or rename it"
+        )
+    return False
+
+
+def delete_labelled(api: client.ApiClient, kind: str, namespace: str, label_selector: str, keep: str) -> list[str]:
+    """Delete the objects of `kind` matching a selector, except the one named `keep`; returns the names deleted.
+
+    A claim still mounted by a terminating pod stays until that pod is gone (PVC protection).
+    """
+    prefix, plural = SERVING_PATHS[kind]
+    found: Obj = request(api, "GET", _path(prefix, plural, namespace), query={"labelSelector": label_selector})
+    deleted = []
+    for item in found.get("items", []):
+        name = item["metadata"]["name"]
+        if name == keep or item["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": "Background"})
+            deleted.append(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return deleted

@@ -13,10 +13,10 @@ class Settings:
 
     trainer_image: str = "ghcr.io/glmops/trainer:0.1.0"
     """Image of the trainer (trainer_image/)."""
-    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server-b6800"
-    """llama.cpp server image for ModelDeployment runtime llamacpp."""
-    vllm_image: str = "vllm/vllm-openai:v0.12.0"
-    """vLLM image for ModelDeployment runtime vllm."""
+    llamacpp_image: str = "ghcr.io/ggml-org/llama.cpp:server-b11312"
+    """llama.cpp server image for ModelDeployment runtime llamacpp: build b11312 is commit 0c1e57098, the llama.cpp that llama-cpp-python 0.3.36 vendors and the tests run (it serves /v1/messages)."""
+    vllm_image: str = "vllm/vllm-openai:v0.30.0"
+    """vLLM image for ModelDeployment runtime vllm (a release with GLM-4.7's glm47 tool parser, fused-MoE LoRA and /v1/messages)."""
     pvc_mount_root: str = "/mnt/pvc"
     """Where pvc://CLAIM/PATH is mounted inside pods (as PVC_MOUNT_ROOT/CLAIM)."""
     config_mount_dir: str = "/etc/glmops"
@@ -31,6 +31,32 @@ class Settings:
     """Factor on the memory plan's per-GPU need when matching GPU memory labels (the plan already counts CUDA context and workspace)."""
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Literal environment variables added to every trainer container (GLMOPS_EXTRA_TRAINER_ENV=K=V,K2=V2)."""
+    serving_listen_host: str = "0.0.0.0"
+    """Address the inference server binds inside its pod (all of the pod's addresses; a local cluster whose pods share the host's network may use 127.0.0.1)."""
+    serving_container_port: int = 8080
+    """Port the inference server listens on inside its pod (given to it explicitly: defaults differ between releases)."""
+    serving_service_port: int = 8000
+    """Port of each ModelDeployment's Service (the endpoint in status)."""
+    serving_cpu_per_gpu: str = "4"
+    """CPU request per GPU of a serving pod."""
+    serving_memory_per_gpu_gi_b: int = 16
+    """Host memory per GPU of a serving pod in GiB (loading, tokenizer, request buffers), besides /dev/shm."""
+    serving_cpu_only_cpus: int = 8
+    """CPU request (and llama.cpp --threads) of a llama.cpp replica without GPUs."""
+    vllm_gpu_memory_utilization: float = 0.9
+    """Share of each GPU vLLM may take (--gpu-memory-utilization); the memory estimate must fit in it."""
+    vllm_shm_gi_b_per_gpu: int = 4
+    """/dev/shm per GPU of a vLLM pod (NCCL and vLLM's worker queues use shared memory)."""
+    model_read_mib_per_second: float = 200.0
+    """Assumed read speed of model storage, which sizes the startup probe (a slow load is never killed)."""
+    llamacpp_startup_seconds: int = 60
+    """Start-up time of llama-server besides reading the weights."""
+    model_cache_storage_class: str = ""
+    """StorageClass of the claims that hf:// models are downloaded into (empty: the cluster's default)."""
+    model_cache_access_mode: str = "ReadWriteMany"
+    """Access mode of those claims: replicas on several nodes mount them at once (ReadWriteOnce keeps them on one node)."""
+    vllm_startup_seconds: int = 600
+    """Start-up time of vLLM besides reading the weights (torch.compile, CUDA graph capture, KV cache profiling)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +70,8 @@ class Settings:
             default = getattr(cls(), f.name)
             if isinstance(default, float):
                 values[f.name] = float(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
             elif isinstance(default, Mapping):
                 values[f.name] = dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
             else:

@@ -76,7 +76,16 @@ def test_crd_metadata() -> None:
     mdep = by_kind["ModelDeployment"]["spec"]
     assert mdep["names"]["shortNames"] == ["mdep"]
     columns = [c["name"] for c in mdep["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Runtime", "Ready", "Endpoint", "Age"]
+    assert columns == ["Phase", "Runtime", "Ready", "Endpoint", "Age"]
+    # kubectl scale, HPA and KEDA set replicas through the custom resource and find pods by the selector.
+    assert mdep["versions"][0]["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
 
 
 def test_finetunejob_schema_details() -> None:

@@ -70,7 +70,7 @@ def test_printer_columns_and_short_names(cluster, namespace: str) -> None:
     assert row[0] == "columns" and "flash" in row
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_valid_mdep("columns")))
     header = cluster.kubectl("get", "mdep", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "RUNTIME", "READY", "ENDPOINT", "AGE"]
+    assert header == ["NAME", "PHASE", "RUNTIME", "READY", "ENDPOINT", "AGE"]
     listed = cluster.kubectl("get", "glmops", "-n", namespace, "-o", "name").stdout.split()
     assert len(listed) == 2  # the category finds both kinds
 

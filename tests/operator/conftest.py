@@ -17,6 +17,8 @@ def glmops_operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFacto
             "GLMOPS_TRAINER_IMAGE": "ghcr.io/glmops/trainer:test",
             # The trainer pods run on this machine's CPU, offline, beside the test suite.
             "GLMOPS_EXTRA_TRAINER_ENV": "CUDA_VISIBLE_DEVICES=,HF_HUB_OFFLINE=1,OMP_NUM_THREADS=2",
+            # Serving pods on CPU: llama-server's threads, beside the test suite.
+            "GLMOPS_SERVING_CPU_ONLY_CPUS": "2",
         })
     op.start()
     try:

@@ -2,6 +2,8 @@
 
     glmops crds [--dir crds] [--check]    write (or check) the CRDs generated from the API models
     glmops run [kopf options]             run the operator (needs the `operator` extra)
+    glmops connect NAME [-n NS] --client claude-code|cline|aider|openai [--show-key]
+                                          print what a coding agent sets to use a ModelDeployment
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_connect(args: argparse.Namespace) -> int:
+    from glmops.cli.connect import ConnectError, run_connect
+
+    try:
+        text = run_connect(args.name, args.namespace, args.client, args.show_key, args.model, args.url, args.local_port)
+    except ConnectError as exc:
+        print(f"glmops connect: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `glmops`."""
     parser = argparse.ArgumentParser(prog="glmops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     run.set_defaults(func=_cmd_run)
+    from glmops.cli.connect import CLIENTS
+
+    connect = commands.add_parser("connect", help="print the settings that point a coding agent at a ModelDeployment")
+    connect.add_argument("name", help="the ModelDeployment")
+    connect.add_argument("--namespace", "-n", default=None, help="its namespace (default: the kubeconfig context's)")
+    connect.add_argument("--client", required=True, choices=CLIENTS, help="the agent or client to configure")
+    connect.add_argument("--show-key", action="store_true", help="print the API key itself (read from the Secret)")
+    connect.add_argument("--model", default=None, help="one of the served models (an adapter's name); default: servedModelName")
+    connect.add_argument("--url", default=None, help="base URL to use instead of the in-cluster endpoint (an ingress), ending in /v1")
+    connect.add_argument("--local-port", type=int, default=None, help="reach the Service through kubectl port-forward on this local port")
+    connect.set_defaults(func=_cmd_connect)
     return parser
 
 

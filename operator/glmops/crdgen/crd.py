@@ -32,6 +32,21 @@ class PrinterColumn:
 
 
 @dataclass(frozen=True)
+class ScaleSubresource:
+    """The `scale` subresource: lets `kubectl scale`, HPA and KEDA set replicas through the custom resource."""
+
+    spec_replicas_path: str
+    status_replicas_path: str
+    label_selector_path: str | None = None
+
+    def to_crd(self) -> JsonDict:
+        scale: JsonDict = {"specReplicasPath": self.spec_replicas_path, "statusReplicasPath": self.status_replicas_path}
+        if self.label_selector_path:
+            scale["labelSelectorPath"] = self.label_selector_path
+        return scale
+
+
+@dataclass(frozen=True)
 class ResourceKind:
     """Everything the CRD of one kind is made of."""
 
@@ -43,6 +58,7 @@ class ResourceKind:
     description: str
     printer_columns: tuple[PrinterColumn, ...]
     categories: tuple[str, ...] = ("glmops",)
+    scale: ScaleSubresource | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,14 +104,23 @@ KINDS: tuple[ResourceKind, ...] = (
         description="ModelDeployment serves a fine-tuned GLM-4.7 artifact with vLLM or llama.cpp behind an "
         "OpenAI-compatible endpoint.",
         printer_columns=(
+            PrinterColumn("Phase", "string", ".status.phase", "Pending, Progressing, Ready, Degraded or Failed"),
             PrinterColumn("Runtime", "string", ".spec.runtime", "llamacpp or vllm"),
             PrinterColumn("Ready", "string", ".status.ready", "Ready replicas over desired"),
             PrinterColumn("Endpoint", "string", ".status.endpoint", "OpenAI-compatible base URL"),
-            PrinterColumn("Phase", "string", ".status.phase", "Where the rollout is", priority=1),
+            PrinterColumn("Artifact", "string", ".status.servedArtifact.uri", "What the ready replicas serve", priority=1),
             _AGE,
         ),
+        scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
     ),
 )
+
+
+def _subresources(kind: ResourceKind) -> JsonDict:
+    subresources: JsonDict = {"status": {}}
+    if kind.scale is not None:
+        subresources["scale"] = kind.scale.to_crd()
+    return subresources
 
 
 def model_schema(model: type[BaseModel]) -> JsonDict:
@@ -140,7 +165,7 @@ def build_crd(kind: ResourceKind) -> JsonDict:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
-                    "subresources": {"status": {}},
+                    "subresources": _subresources(kind),
                     "additionalPrinterColumns": [c.to_crd() for c in kind.printer_columns],
                 }
             ],

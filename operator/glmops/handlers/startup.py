@@ -53,6 +53,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.settings = Settings.from_env()
     memo.server_minor = kube.server_minor(memo.api)  # decides multi-node support; fixed for our lifetime
     memo.node_cache = NodeCache()
+    memo.job_fingerprints = {}  # FineTuneJob -> what ModelDeployments last saw of it (glmops.handlers.modeldeployment)
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 

@@ -16,13 +16,26 @@ from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
 from glmops.conditions import Reason
 from glmops.plan import names
 from glmops.plan.memory import MemoryPlan, plan_memory
+from glmops.plan.placement import (
+    GPU_COUNT_LABEL,
+    GPU_MEMORY_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    GpuNode,
+    container_security_context,
+    gpu_node_affinity,
+    gpu_tolerations,
+    largest_offer,
+    nodes_that_fit,
+    pod_security_context,
+    scale_quantity,
+)
+from glmops.plan.problems import Problem
 from glmops.plan.uris import parse_uri, pod_path
 from glmops.settings import Settings
 
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, as GPU feature discovery writes it
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+__all__ = ["GPU_COUNT_LABEL", "GPU_MEMORY_LABEL", "GPU_PRODUCT_LABEL", "GPU_RESOURCE", "GpuNode", "Problem"]
+
 FTJ_LABEL = "glmops.io/finetunejob"
 CONFIG_FILE = "job.json"
 SCRATCH_DIR = "/scratch"  # writable emptyDir (HOME, TMPDIR); a dedicated path shadows nothing of the image
@@ -43,16 +56,6 @@ class JobMeta:
 
 
 @dataclass(frozen=True)
-class GpuNode:
-    """What a node offers, from its GPU labels and allocatable resources."""
-
-    name: str
-    gpus: int
-    gpu_memory_mib: int
-    product: str = ""
-
-
-@dataclass(frozen=True)
 class ClusterFacts:
     """What the planner needs to know about the cluster; gathered by the handler."""
 
@@ -61,18 +64,6 @@ class ClusterFacts:
     pvcs: frozenset[str] = frozenset()
     outputs_in_use: dict[str, str] = field(default_factory=dict)  # destination URI -> other FineTuneJob
     gpu_nodes: tuple[GpuNode, ...] | None = None  # None: unknown (do not judge placement up front)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A reason the job cannot run as written: which field, why, and how to fix it."""
-
-    reason: Reason
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -244,22 +235,11 @@ def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
 
 
 def _nodes_that_fit(placement: Placement, spec: FineTuneJobSpec, nodes: tuple[GpuNode, ...]) -> list[GpuNode]:
-    need_mib = placement.min_gpu_memory_mib
-    return [
-        n
-        for n in nodes
-        if n.gpus >= placement.gpus_per_node
-        and n.gpu_memory_mib >= need_mib
-        and (spec.resources.gpu_product is None or n.product == spec.resources.gpu_product)
-    ]
+    return nodes_that_fit(nodes, placement.gpus_per_node, placement.min_gpu_memory_mib, spec.resources.gpu_product)
 
 
 def _largest_offer(nodes: tuple[GpuNode, ...]) -> str:
-    gpu_nodes = [n for n in nodes if n.gpus > 0]
-    if not gpu_nodes:
-        return "no GPU nodes"
-    best = max(gpu_nodes, key=lambda n: (n.gpu_memory_mib, n.gpus))
-    return f"{best.gpus} x {best.gpu_memory_mib // 1024} GiB ({best.product or best.name})"
+    return largest_offer(nodes)
 
 
 # --- trainer config ---------------------------------------------------------------------------
@@ -364,14 +344,7 @@ def _trainer_command(meta: JobMeta, placement: Placement, config_path: str) -> l
 
 
 def _node_affinity(spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any]:
-    expressions: list[dict[str, Any]] = [
-        # Gt is strict; the label is MiB.
-        {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(placement.min_gpu_memory_mib - 1)]},
-        {"key": GPU_COUNT_LABEL, "operator": "Gt", "values": [str(placement.gpus_per_node - 1)]},
-    ]
-    if spec.resources.gpu_product:
-        expressions.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.resources.gpu_product]})
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
+    return gpu_node_affinity(placement.min_gpu_memory_mib, placement.gpus_per_node, spec.resources.gpu_product)
 
 
 def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: Settings) -> list[dict[str, Any]]:
@@ -446,7 +419,7 @@ def _trainer_job(
     volumes, mounts = _volumes(meta, spec, settings)
     gpus = str(placement.gpus_per_node)
     cpu = str(int(settings.cpu_per_gpu) * placement.gpus_per_node) if settings.cpu_per_gpu.isdigit() else settings.cpu_per_gpu
-    memory = _scale_quantity(settings.memory_per_gpu, placement.gpus_per_node)
+    memory = scale_quantity(settings.memory_per_gpu, placement.gpus_per_node)
     container = {
         "name": "trainer",
         "image": settings.trainer_image,
@@ -459,12 +432,7 @@ def _trainer_job(
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
     }
     if multi_node:
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
@@ -472,18 +440,9 @@ def _trainer_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the trainer never talks to the API
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "affinity": _node_affinity(spec, placement),
-        "tolerations": [
-            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-            *[t.to_wire() for t in spec.resources.tolerations],
-        ],
+        "tolerations": gpu_tolerations(spec.resources.tolerations),
         "containers": [container],
         "volumes": volumes,
     }
@@ -505,10 +464,3 @@ def _trainer_job(
         "metadata": {"name": names.trainer_job_name(meta.name), "namespace": meta.namespace, "labels": labels},
         "spec": job_spec,
     }
-
-
-def _scale_quantity(quantity: str, factor: int) -> str:
-    """Multiply a quantity like `32Gi` by an integer, keeping its unit."""
-    digits = "".join(ch for ch in quantity if ch.isdigit())
-    unit = quantity[len(digits) :]
-    return f"{int(digits) * factor}{unit}" if digits else quantity

@@ -1,0 +1,172 @@
+"""Helpers of the ModelDeployment cluster tests: FineTuneJobs in a chosen state, reading status.
+
+A FineTuneJob whose status a test sets itself must not be touched by the FineTuneJob handlers
+running in the same operator. So it is created asking for 16 GPUs per node, which the operator
+refuses at once (Failed, no trainer Job); a terminal job is never handled again, and the test
+then writes the status it needs (Training, Succeeded with artifacts, ...) through the status
+subresource.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from polling import wait_for
+
+GROUP, VERSION = "glmops.io", "v1alpha1"
+FTJ, MDEP = "finetunejobs", "modeldeployments"
+MERGE = "application/merge-patch+json"
+SHA = "c0ffee" * 10 + "abcd"
+
+
+def custom(cluster: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api_client())
+
+
+def create_job(
+    cluster: Any,
+    namespace: str,
+    name: str,
+    variant: str = "flash",
+    base: str = "file:///models/glm-4.7-flash",
+    formats: tuple[str, ...] = ("adapter", "merged", "gguf"),
+    quantizations: tuple[str, ...] = ("Q4_K_M", "Q8_0"),
+    diagnose: Any = lambda: "",
+) -> None:
+    """Create a FineTuneJob and wait until the operator has refused it (terminal: left alone from then on)."""
+    api = custom(cluster)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"variant": variant, "source": base},
+            "dataset": {"source": "file:///data/agent.jsonl"},
+            "resources": {"gpusPerNode": 16},
+            "output": {"destination": f"file:///out/{namespace}/{name}", "formats": list(formats), "quantizations": list(quantizations)},
+        },
+    }
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, FTJ, body)
+
+    def refused() -> bool:
+        got = api.get_namespaced_custom_object(GROUP, VERSION, namespace, FTJ, name)
+        return (got.get("status") or {}).get("phase") == "Failed"
+
+    wait_for(f"FineTuneJob {name} to be refused (terminal)", refused, 60, diagnose)
+
+
+def artifacts_of(name: str, root: str, quantizations: tuple[str, ...] = ("Q4_K_M", "Q8_0"), gguf: dict[str, str] | None = None) -> dict[str, Any]:
+    """status.artifacts as the export records them, under `root`; `gguf` maps a quantization to a real file."""
+    gguf = gguf or {}
+    return {
+        "manifest": f"{root}/artifacts.json",
+        "adapter": {"uri": f"{root}/adapter"},
+        "merged": {"uri": f"{root}/merged"},
+        "gguf": [
+            {
+                "quantization": q,
+                "uri": gguf.get(q, f"{root}/gguf/{q}/{name}-{q}.gguf"),
+                "sizeBytes": 1000 + i,
+                "sha256": SHA[:-1] + str(i),
+            }
+            for i, q in enumerate(quantizations)
+        ],
+    }
+
+
+def set_job_status(cluster: Any, namespace: str, name: str, phase: str, artifacts: dict[str, Any] | None = None) -> None:
+    """Write a FineTuneJob's status as its operator would at `phase`."""
+    conditions = {
+        "Succeeded": ("True", "Completed", "training and export finished"),
+        "Failed": ("False", "DataError", "data.jsonl:3: no assistant turn"),
+    }.get(phase, ("Unknown", phase, f"the job is {phase}"))
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [
+            {
+                "type": "Succeeded",
+                "status": conditions[0],
+                "reason": conditions[1],
+                "message": conditions[2],
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+        "artifacts": artifacts,
+    }
+    custom(cluster).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, FTJ, name, {"status": status})
+
+
+def create_mdep(cluster: Any, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
+    result: dict[str, Any] = custom(cluster).create_namespaced_custom_object(GROUP, VERSION, namespace, MDEP, body)
+    return result
+
+
+def mdep(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom(cluster).get_namespaced_custom_object(GROUP, VERSION, namespace, MDEP, name)
+    return result
+
+
+def patch_mdep(cluster: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    custom(cluster).patch_namespaced_custom_object(GROUP, VERSION, namespace, MDEP, name, {"spec": spec}, _content_type=MERGE)
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def raw_list(method: Any, namespace: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """A namespaced list as plain JSON (old and new servers alike)."""
+    return list(json.loads(method(namespace, _preload_content=False, **kwargs).data)["items"])
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_tiny_ggufs(root: Path) -> dict[str, Path]:
+    """Two tiny GLM-4.7-Flash-architecture GGUFs of different random weights (`a`, `b`), and `broken`.
+
+    Built from the real architecture's config with the tiny GLM tokenizer and exported the way
+    the export step does it: merged (with a LoRA adapter whose B is zero, so the weights stay the
+    base's) into the per-expert layout llama.cpp's converter reads, then converted by it.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from glmops_trainer.export.gguf import convert_to_gguf
+    from glmops_trainer.export.merge import merge_lora_streaming
+    from glmops_trainer.tiny.models import build_tiny_model
+    from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
+
+    build_tiny_tokenizer(root / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    found = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        base = build_tiny_model("glm4_moe_lite", root / f"base-{name}", tokenizer, seed=seed)
+        untrained = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(str(base)), LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj"])
+        )
+        untrained.save_pretrained(str(root / f"adapter-{name}"))
+        merge_lora_streaming(base, root / f"adapter-{name}", root / f"merged-{name}")
+        found[name] = convert_to_gguf(root / f"merged-{name}", root / f"tiny-{name}-Q8_0.gguf", "q8_0")
+    broken = root / "broken-Q4_K_M.gguf"
+    broken.write_bytes(b"this is not a GGUF file\n" * 64)
+    found["broken"] = broken
+    for path in found.values():
+        path.chmod(0o644)
+    return found
+
+
+def gguf_artifacts(ggufs: dict[str, Path], q8: str, q4: str = "broken") -> dict[str, Any]:
+    """status.artifacts of a job whose Q8_0 is GGUF `q8` and Q4_K_M is `q4`, with their real sizes and sha256."""
+    return {
+        "gguf": [
+            {"quantization": q, "uri": f"file://{ggufs[key]}", "sizeBytes": ggufs[key].stat().st_size, "sha256": sha256_of(ggufs[key])}
+            for q, key in (("Q8_0", q8), ("Q4_K_M", q4))
+        ]
+    }
