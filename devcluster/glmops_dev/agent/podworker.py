@@ -546,7 +546,11 @@ class PodWorker:
                 "mount the volume elsewhere, e.g. under /mnt",
             )
             return
-        process_env = {**base_env(self.pod, self.ctx.python_bin_dir, self.ctx.home), **env}
+        process_env = {
+            **base_env(self.pod, self.ctx.python_bin_dir, self.ctx.home),
+            **self.ctx.images.local_env(image),
+            **env,
+        }
         reset_termination_file(self.paths, runtime.name)
         log_path = self.paths.log_path(runtime.name)
         if runtime.runs > 0 and log_path.exists():
