@@ -5,17 +5,18 @@
 # Slow builds are cached under ~/.cache/glmops keyed by version, so a warm machine skips them:
 #   scripts/build-kubernetes.sh  kube-apiserver, -controller-manager, -scheduler, kubectl 1.20.2 (+ etcd from Debian)
 #   scripts/build-llama-cpp.sh   llama-quantize, llama-server and the llama-cpp-python wheel (0.3.36 sdist)
+#   scripts/build-apiextensions-apiserver.sh  apiextensions-apiserver 1.36 (+ etcd) from Debian sid, for the CEL tests
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv native kubernetes llamacpp demo test test-fast lint crds clean
+.PHONY: venv native kubernetes llamacpp apiextensions demo test test-fast lint crds clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,trainer,dev]'
+	$(PY) -m pip install --quiet -e '.[operator,trainer,trainer-s3,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,12 +27,16 @@ kubernetes:
 llamacpp: venv
 	bash scripts/build-llama-cpp.sh --venv $(VENV)
 
+apiextensions:
+	bash scripts/build-apiextensions-apiserver.sh
+
 native: kubernetes llamacpp
 
 demo: venv native
 	$(PY) -m glmops_dev demo
 
-test: venv native
+# The CEL tests need the apiextensions-apiserver; the demo does not.
+test: venv native apiextensions
 	$(PY) -m pytest
 
 # The quick loop: no control plane, no training, no llama.cpp.
