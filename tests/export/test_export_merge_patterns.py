@@ -20,15 +20,16 @@ from glmops_trainer.export.merge import iter_checkpoint_tensors, merge_lora_stre
 RANK, ALPHA = 4, 8.0
 # (rank_pattern, alpha_pattern) per architecture. Keys follow peft: a pattern P matches a module
 # key K when K ends with P at a '.' boundary (first match wins); routed-expert parameters are
-# keyed `<experts module>.<parameter>`.
+# keyed `<experts module>.<parameter>`. "_proj" ends every projection's name but never at a
+# boundary, so it must match nothing.
 PATTERNS: dict[str, tuple[dict[str, int], dict[str, float]]] = {
     "glm4_moe": (
         {"model.layers.2.self_attn.q_proj": 2, "q_proj": 8, "v_proj": 6, "mlp.experts.down_proj": 2},
-        {"k_proj": 3.0, "model.layers.0.self_attn.o_proj": 40.0, "mlp.experts.down_proj": 7.0},
+        {"k_proj": 3.0, "model.layers.0.self_attn.o_proj": 40.0, "mlp.experts.down_proj": 7.0, "_proj": 1.5},
     ),
     "glm4_moe_lite": (
         {"model.layers.2.self_attn.q_b_proj": 2, "q_b_proj": 8, "kv_b_proj": 6, "mlp.experts.down_proj": 2},
-        {"kv_a_proj_with_mqa": 3.0, "model.layers.0.self_attn.o_proj": 40.0, "mlp.experts.down_proj": 7.0},
+        {"kv_a_proj_with_mqa": 3.0, "model.layers.0.self_attn.o_proj": 40.0, "mlp.experts.down_proj": 7.0, "_proj": 1.5},
     ),
 }
 
