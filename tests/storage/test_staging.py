@@ -227,3 +227,23 @@ def test_a_bucket_the_keys_cannot_reach_fails_before_training(output_env: S3Serv
     with pytest.raises(storage.StorageError) as info, staged(config, root=tmp_path / "staging"):
         pytest.fail("the run must not start")
     assert str(info.value).startswith("output.destination: ") and "not-the-secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("relative", "uploaded"),
+    [
+        ("adapter/adapter_model.safetensors", True),
+        ("gguf/Q4_K_M/x-Q4_K_M.gguf", True),
+        ("loss_curve.png", True),
+        (".adapter.tmp/adapter_model.safetensors", False),  # a save cut short
+        ("gguf/Q4_K_M/x.gguf.glmops-tmp-12", False),  # the publisher's temp name
+        (".model-cache/s3/bucket/model/model.safetensors", False),
+        (".export-work/merged/model.safetensors", False),
+        (".export-journal.jsonl", False),
+        ("checkpoints/checkpoint-5/optimizer.pt", False),  # synced on their own, marker last
+        ("artifacts.json", False),  # goes last, rewritten
+        ("result.json", False),
+    ],
+)
+def test_what_publish_uploads_with_the_files(relative: str, uploaded: bool) -> None:
+    assert staging._uploadable(relative) is uploaded

@@ -137,7 +137,10 @@ def _uploadable(relative: str) -> bool:
         return False
     if relative.startswith(CHECKPOINTS_DIR + "/") or relative in (MANIFEST_NAME, RESULT_FILE):
         return False  # checkpoints are synced on their own; manifest and result go last
-    return not any(marker in relative for marker in TEMPORARY_MARKERS) and not relative.endswith(".tmp")
+    # Leftovers of interrupted local writes: temp names of the publisher and downloads, and
+    # `<name>.tmp` files or folders (the adapter is saved to `.adapter.tmp/` and renamed).
+    parts = relative.split("/")
+    return not any(marker in relative for marker in TEMPORARY_MARKERS) and not any(p.endswith(".tmp") for p in parts)
 
 
 # ---- the dataset -----------------------------------------------------------------------------
