@@ -139,13 +139,17 @@ def _run_export(args: argparse.Namespace) -> int:
     from glmops_trainer.config import TrainerConfig
     from glmops_trainer.export import run_export
     from glmops_trainer.staging import staged
+    from glmops_trainer.storage import StorageError
 
     try:
         config = TrainerConfig.from_file(args.config)
         with staged(config) as run:
             manifest = run_export(run.config, args.adapter)
             run.publish_outputs()
-    except (OSError, ValueError) as exc:  # config, adapter, base-model and storage errors name the file and the fix
+    except StorageError as exc:
+        print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE if exc.transient else EXIT_USER_ERROR
+    except (OSError, ValueError) as exc:  # config, adapter and base-model errors name the file and the fix
         print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"exported {len(manifest['artifacts'])} files; manifest: {config.output.destination.rstrip('/')}/artifacts.json")
