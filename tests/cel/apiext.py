@@ -35,10 +35,18 @@ VERSION = "0.36.4"
 BUILD_RECIPE = "1"  # BUILD_RECIPE of scripts/build-apiextensions-apiserver.sh
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build-apiextensions-apiserver.sh"
+CRDS = sorted((REPO / "crds").glob("*.yaml"))
+NAMESPACE = "cel-test"
+"""Namespace of the test objects (the server has no namespace API; nothing checks it exists)."""
 DISABLED_ADMISSION = (
     "NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
     "ValidatingAdmissionPolicy,MutatingAdmissionPolicy"
 )
+
+
+def load_crds(paths: list[Path] = CRDS) -> list[dict[str, Any]]:
+    """Every CustomResourceDefinition in crds/, as the files hold it."""
+    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "CustomResourceDefinition"]
 
 
 class ApiextServerError(RuntimeError):

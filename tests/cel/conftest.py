@@ -5,19 +5,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
-from apiext import REPO, ApiextServer, ApiextServerError, find_binaries
-
-CRDS = sorted((REPO / "crds").glob("*.yaml"))
-NAMESPACE = "cel-test"
-
-
-def load_crds(paths: list[Path] = CRDS) -> list[dict]:  # type: ignore[type-arg]
-    """Every CustomResourceDefinition in crds/, as the files hold it."""
-    return [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc and doc.get("kind") == "CustomResourceDefinition"]
+from apiext import NAMESPACE, ApiextServer, ApiextServerError, find_binaries, load_crds
 
 
 @pytest.fixture(scope="session")

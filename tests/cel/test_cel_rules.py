@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from apiext import ApiextServer, ApiResponse
-from conftest import NAMESPACE, load_crds
+from apiext import NAMESPACE, ApiextServer, ApiResponse, load_crds
 
 pytestmark = pytest.mark.cluster  # needs a built server, like the control plane
 
