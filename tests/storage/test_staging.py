@@ -221,6 +221,14 @@ def test_checkpoints_reach_the_bucket_while_training_and_rotated_ones_leave_it(
     assert not any("checkpoint-5/" in k for k in _names(output_env, bucket, "runs/c/"))
 
 
+def test_a_missing_bucket_fails_before_training(output_env: S3Server, tmp_path: Path) -> None:
+    config = _config(tmp_path, "file:///data/train.jsonl", "s3://no-such-bucket-here/out")
+    with pytest.raises(storage.StorageError) as info, staged(config, root=tmp_path / "staging"):
+        pytest.fail("the run must not start")
+    assert str(info.value).startswith("output.destination: ") and "does not exist" in str(info.value)
+    assert not info.value.transient
+
+
 def test_a_bucket_the_keys_cannot_reach_fails_before_training(output_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLMOPS_OUTPUT_AWS_SECRET_ACCESS_KEY", "not-the-secret")
     config = _config(tmp_path, "file:///data/train.jsonl", "s3://no-such-bucket-here/out")

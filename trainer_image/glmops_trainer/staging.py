@@ -198,8 +198,16 @@ class S3Output:
         fetch_s3_file(self.fs, self.location.child(relative), destination, role=Role.output, field=OUTPUT_FIELD)
 
     def check_access(self) -> None:
-        """Fail before training when the bucket cannot be listed (wrong keys, endpoint or bucket)."""
+        """Fail before training when the destination cannot be listed, written and deleted in.
+
+        A missing bucket, a read-only key or a wrong endpoint would otherwise surface only when the
+        first checkpoint or the final artifacts are uploaded, after hours of GPU time.
+        """
         self._list("")
+        probe = self.location.child(f".glmops-access-check-{os.getpid()}")
+        with tempfile.NamedTemporaryFile(suffix=".check") as handle:
+            upload_file(self.fs, Path(handle.name), probe, role=Role.output, field=OUTPUT_FIELD)
+        delete_objects(self.fs, [probe], role=Role.output, field=OUTPUT_FIELD)
 
     # -- restore ---------------------------------------------------------------------------
 
