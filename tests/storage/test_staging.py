@@ -255,3 +255,28 @@ def test_a_bucket_the_keys_cannot_reach_fails_before_training(output_env: S3Serv
 )
 def test_what_publish_uploads_with_the_files(relative: str, uploaded: bool) -> None:
     assert staging._uploadable(relative) is uploaded
+
+
+def test_a_checkpoint_upload_cut_short_leaves_no_marker_and_the_next_sync_finishes_it(
+    output_env: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path, "file:///data/train.jsonl", f"s3://{bucket}/runs/d")
+    real_upload = storage.upload_file
+
+    def connection_drops(fs: Any, source: Path, location: storage.S3Location, **kwargs: Any) -> None:
+        if location.key.endswith("optimizer.pt"):
+            raise storage.StorageError("output.destination: uploading failed (connection reset)", transient=True)
+        real_upload(fs, source, location, **kwargs)
+
+    with staged(config, root=tmp_path / "staging", sync_interval_s=3600) as run:
+        assert run.output is not None
+        _checkpoint(Path(run.config.output.destination.removeprefix("file://")), 7)
+        monkeypatch.setattr(storage, "upload_file", connection_drops)
+        run.output.sync_checkpoints()
+        names = _names(output_env, bucket, "runs/d/checkpoints/")
+        assert not any(name.endswith("/COMPLETE") for name in names), names  # not resumable from the bucket
+        monkeypatch.setattr(storage, "upload_file", real_upload)
+        run.output.sync_checkpoints()
+    assert set(_names(output_env, bucket, "runs/d/checkpoints/")) == {
+        f"runs/d/checkpoints/checkpoint-7/{name}" for name in ("adapter_model.safetensors", "optimizer.pt", "COMPLETE")
+    }
