@@ -233,7 +233,7 @@ class FailurePolicy(WireModel):
     """Times a failed trainer pod is replaced (resuming from its last checkpoint) before the job fails; the Job controller backs off exponentially between tries."""
 
 
-# Transition rules: on a field they run only on update, when the old object has the field too.
+# A transition rule (it reads oldSelf): it runs on updates only.
 _IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable once the FineTuneJob exists; create a new FineTuneJob instead"}]
 
 # `self == oldSelf` on a field runs only when the old object has the field too: an optional
