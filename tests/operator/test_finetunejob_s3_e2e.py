@@ -101,7 +101,7 @@ def test_an_s3_dataset_and_output_end_to_end(
             },
             "output": {
                 "destination": destination,
-                "formats": ["adapter"],
+                "formats": ["adapter", "merged"],
                 "credentialsSecret": "artifact-keys",
                 "endpointUrl": s3.endpoint_url,
             },
@@ -125,12 +125,14 @@ def test_an_s3_dataset_and_output_end_to_end(
     artifacts = final["artifacts"]
     assert artifacts["adapter"]["uri"] == f"{destination}/adapter"
     assert artifacts["manifest"] == f"{destination}/artifacts.json"
+    assert artifacts["merged"]["uri"] == f"{destination}/merged"
 
     objects = _objects(s3, bucket, "runs/s3-e2e/")
     manifest = json.loads(objects["runs/s3-e2e/artifacts.json"])
     assert manifest["job"]["name"] == "s3-e2e"
     listed = {a["path"]: a for a in manifest["artifacts"]}
     assert "adapter/adapter_model.safetensors" in listed
+    assert any(path.startswith("merged/") and path.endswith(".safetensors") for path in listed)
     for path, artifact in listed.items():
         assert artifact["uri"] == f"{destination}/{path}"
         assert len(objects[f"runs/s3-e2e/{path}"]) == artifact["sizeBytes"]
