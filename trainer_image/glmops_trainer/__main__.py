@@ -95,9 +95,19 @@ def _run_train(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
 
     from glmops_trainer import train
+    from glmops_trainer.staging import staged
+    from glmops_trainer.storage import StorageError
 
     try:
-        result = train.main(config)
+        # Remote (s3://, hf://) locations are staged in local folders around the recipe.
+        with staged(config) as run:
+            result = run.publish(train.main(run.config))
+    except StorageError as exc:
+        message = str(exc)
+        # A missing object or refused access is the spec's to fix; a network failure may pass.
+        reason = "StorageError" if exc.transient else "ConfigError"
+        print(f"glmops-trainer: {reason}: {message}", file=sys.stderr)
+        code = EXIT_FAILURE if exc.transient else EXIT_USER_ERROR
     except train.USER_ERRORS as exc:
         message = str(exc)
         reason = train.failure_reason(exc)
@@ -128,10 +138,17 @@ def _run_export(args: argparse.Namespace) -> int:
     """Export a trained adapter as the config's output formats; prints the manifest's location."""
     from glmops_trainer.config import TrainerConfig
     from glmops_trainer.export import run_export
+    from glmops_trainer.staging import staged
+    from glmops_trainer.storage import StorageError
 
     try:
         config = TrainerConfig.from_file(args.config)
-        manifest = run_export(config, args.adapter)
+        with staged(config) as run:
+            manifest = run_export(run.config, args.adapter)
+            run.publish_outputs()
+    except StorageError as exc:
+        print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE if exc.transient else EXIT_USER_ERROR
     except (OSError, ValueError) as exc:  # config, adapter and base-model errors name the file and the fix
         print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

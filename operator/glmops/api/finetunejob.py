@@ -10,14 +10,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, JsonValue
 
 from glmops.api.common import (
     Condition,
-    DataUri,
     DnsSubdomain,
     ModelUri,
-    OutputUri,
     Placement,
     StatusModel,
     WireModel,
@@ -98,6 +96,34 @@ class Phase(StrEnum):
     cancelled = "Cancelled"
 
 
+# Sources a dataset may come from. s3:// and hf:// must name one file: an s3:// key that is not a
+# prefix, or hf://datasets/ORG/NAME[@REVISION]/PATH (the Hub's own form for dataset files), so a
+# location the trainer cannot read is refused when the FineTuneJob is applied, not in a GPU pod.
+_S3_BUCKET = "[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_HF_NAME = "[A-Za-z0-9][A-Za-z0-9._-]*"
+DatasetUri = Annotated[
+    str,
+    Field(
+        pattern=(
+            "^((pvc|file)://[^\\s]+"
+            f"|s3://{_S3_BUCKET}/[^\\s]*[^\\s/]"
+            f"|hf://datasets/{_HF_NAME}/{_HF_NAME}(@[^\\s/@]+)?/[^\\s]*[^\\s/])$"
+        ),
+        max_length=1024,
+        examples=["pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl"],
+    ),
+]
+# An output is a folder: s3://BUCKET or s3://BUCKET/PREFIX with a valid bucket name.
+OutputDestinationUri = Annotated[
+    str,
+    Field(pattern=f"^((pvc|file)://[^\\s]+|s3://{_S3_BUCKET}(/[^\\s]*)?)$", max_length=1024),
+]
+EndpointUrl = Annotated[
+    str,
+    Field(pattern="^https?://[^\\s/?#]+(/[^\\s?#]*)?$", max_length=512, examples=["http://minio.storage.svc:9000"]),
+]
+
+
 class ModelSpec(WireModel):
     """The base model to fine-tune."""
 
@@ -106,14 +132,20 @@ class ModelSpec(WireModel):
     source: ModelUri
     """Where the weights are: hf://ORG/NAME[@REVISION], s3://BUCKET/KEY, pvc://CLAIM/PATH or file:///PATH."""
     credentials_secret: DnsSubdomain | None = None
-    """Name of a Secret in the job's namespace whose keys (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID) become the trainer's environment; never copied."""
+    """Name of a Secret in the job's namespace whose keys (HF_TOKEN; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION) the trainer reads for the model; referenced, never copied."""
+    endpoint_url: EndpointUrl | None = None
+    """For s3:// on an S3-compatible store (MinIO, Ceph RGW): its URL, e.g. http://minio.storage.svc:9000."""
 
 
 class DatasetSpec(WireModel):
     """The training data."""
 
-    source: DataUri
-    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://… or file:///PATH."""
+    source: DatasetUri
+    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://datasets/ORG/NAME[@REVISION]/PATH or file:///PATH."""
+    credentials_secret: DnsSubdomain | None = None
+    """Name of a Secret in the job's namespace with the keys for the dataset's store (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION; HF_TOKEN for private hf:// datasets); referenced, never copied."""
+    endpoint_url: EndpointUrl | None = None
+    """For s3:// on an S3-compatible store (MinIO, Ceph RGW): its URL, e.g. http://minio.storage.svc:9000."""
     format: DataFormat = DataFormat.auto
     """Sample layout; `auto` detects openai-chat, sharegpt, alpaca or text from the first records."""
     thinking: Thinking = Thinking.preserve
@@ -178,8 +210,8 @@ class Resources(Placement):
 class OutputSpec(WireModel):
     """What to produce and where."""
 
-    destination: OutputUri
-    """Where checkpoints and artifacts go: pvc://CLAIM/PATH, s3://BUCKET/KEY or file:///PATH."""
+    destination: OutputDestinationUri
+    """Where checkpoints and artifacts go: pvc://CLAIM/PATH, s3://BUCKET/PREFIX or file:///PATH. Immutable once the job exists."""
     formats: Annotated[list[OutputFormat], Field(min_length=1, json_schema_extra={"uniqueItems": True})] = Field(
         default_factory=lambda: [OutputFormat.adapter, OutputFormat.merged, OutputFormat.gguf]
     )
@@ -188,6 +220,10 @@ class OutputSpec(WireModel):
         default_factory=lambda: [Quantization.Q4_K_M]
     )
     """GGUF quantizations when `gguf` is among the formats: Q3_K_M, Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0."""
+    credentials_secret: DnsSubdomain | None = None
+    """Name of a Secret in the job's namespace with the keys for an s3:// destination (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION); referenced, never copied."""
+    endpoint_url: EndpointUrl | None = None
+    """For s3:// on an S3-compatible store (MinIO, Ceph RGW): its URL, e.g. http://minio.storage.svc:9000."""
 
 
 class FailurePolicy(WireModel):
@@ -197,11 +233,37 @@ class FailurePolicy(WireModel):
     """Times a failed trainer pod is replaced (resuming from its last checkpoint) before the job fails; the Job controller backs off exponentially between tries."""
 
 
+# A transition rule (it reads oldSelf): it runs on updates only.
 _IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable once the FineTuneJob exists; create a new FineTuneJob instead"}]
+
+# `self == oldSelf` on a field runs only when the old object has the field too: an optional
+# section left out at creation could be added later unchecked. These rules, on the parent, close
+# that gap for the optional immutable sections.
+_NOT_ADDED_LATER: list[JsonValue] = [
+    {
+        "rule": f"has(self.{section}) == has(oldSelf.{section})",
+        "message": "is immutable once the FineTuneJob exists and cannot be added or removed later; create a new FineTuneJob instead",
+        "fieldPath": f".{section}",
+    }
+    for section in ("training", "resources")
+]
+
+SPEC_RULES: list[JsonValue] = [
+    *_NOT_ADDED_LATER,
+    {
+        # Each pod stages an s3:// output in its own scratch volume; several nodes would each hold a
+        # part of every checkpoint. Multi-node runs write to a shared (ReadWriteMany) claim.
+        "rule": "!self.output.destination.startsWith('s3://') || !has(self.resources) || self.resources.nodes == 1",
+        "message": "an s3:// output.destination needs resources.nodes: 1; multi-node runs write to a ReadWriteMany pvc://",
+        "fieldPath": ".output.destination",
+    },
+]
 
 
 class FineTuneJobSpec(WireModel):
     """The desired fine-tuning run."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
 
     model: Annotated[ModelSpec, Field(json_schema_extra={"x-kubernetes-validations": _IMMUTABLE})]
     """The base model."""
@@ -211,10 +273,12 @@ class FineTuneJobSpec(WireModel):
         default_factory=TrainingSpec
     )
     """Training hyper-parameters; immutable once the job exists."""
-    resources: Resources = Field(default_factory=Resources)
-    """GPUs and placement."""
-    output: OutputSpec
-    """Artifacts and where they go."""
+    resources: Annotated[Resources, Field(json_schema_extra={"x-kubernetes-validations": _IMMUTABLE})] = Field(
+        default_factory=Resources
+    )
+    """GPUs and placement; immutable once the job exists."""
+    output: Annotated[OutputSpec, Field(json_schema_extra={"x-kubernetes-validations": _IMMUTABLE})]
+    """Artifacts and where they go; immutable once the job exists."""
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """Retries of a failed trainer pod."""
     cancel: bool = False

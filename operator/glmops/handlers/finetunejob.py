@@ -28,6 +28,7 @@ from glmops.plan import names
 from glmops.plan.changes import changed_immutable_sections
 from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
 from glmops.plan.status import PhaseDecision, TrainerObservation, cancelled_by_request, decide_phase
+from glmops.plan.storage import credential_secrets
 from glmops.plan.uris import parse_uri
 from glmops.settings import Settings
 from glmops.trainer_protocol import artifacts_from_result, last_progress, parse_result
@@ -66,7 +67,9 @@ def _gather_facts(
     api: client.ApiClient, namespace: str, name: str, job: FineTuneJob, outputs: kopf.Index[Any, str], memo: kopf.Memo
 ) -> ClusterFacts:
     spec = job.spec
-    secrets = frozenset(s for s in [spec.model.credentials_secret] if s and kube.secret_exists(api, namespace, s))
+    # Every Secret the spec references (model, dataset, output), each looked up once.
+    referenced = {secret for _field, secret in credential_secrets(spec)}
+    secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
     claims = {parse_uri(u).claim for u in (spec.model.source, spec.dataset.source, spec.output.destination)}
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
     destination = spec.output.destination.rstrip("/")

@@ -31,6 +31,7 @@ from glmops.plan.placement import (
     scale_quantity,
 )
 from glmops.plan.problems import Problem
+from glmops.plan.storage import credential_env, credential_secrets, storage_problems
 from glmops.plan.uris import parse_uri, pod_path
 from glmops.settings import Settings
 
@@ -42,7 +43,6 @@ SCRATCH_DIR = "/scratch"  # writable emptyDir (HOME, TMPDIR); a dedicated path s
 CONFIG_ANNOTATION = "glmops.io/trainer-config"  # pod template annotation, mounted as CONFIG_FILE
 RENDEZVOUS_PORT = 29500
 MIN_INDEXED_JOB_MINOR = 24  # Indexed Jobs with stable pod hostnames are GA from 1.24
-CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
 
 
 @dataclass(frozen=True)
@@ -169,15 +169,18 @@ def validate_finetune(
                 f"is 1.{facts.server_minor}; set nodes: 1 or upgrade the cluster",
             )
         )
-    if spec.model.credentials_secret and spec.model.credentials_secret not in facts.secrets:
-        problems.append(
-            Problem(
-                Reason.secret_not_found,
-                "spec.model.credentialsSecret",
-                f"Secret {spec.model.credentials_secret!r} does not exist in namespace {meta.namespace}; create it "
-                "(e.g. kubectl create secret generic NAME --from-literal=HF_TOKEN=...) or remove the field",
+    for secret_field, secret in credential_secrets(spec):
+        if secret not in facts.secrets:
+            example = "HF_TOKEN=..." if secret_field == "spec.model.credentialsSecret" else "AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=..."
+            problems.append(
+                Problem(
+                    Reason.secret_not_found,
+                    secret_field,
+                    f"Secret {secret!r} does not exist in namespace {meta.namespace}; create it "
+                    f"(e.g. kubectl create secret generic NAME --from-literal={example}) or remove the field",
+                )
             )
-        )
+    problems += [Problem(reason, where, message) for reason, where, message in storage_problems(spec)]
     for field_path, uri in _pvc_uris(spec):
         claim = parse_uri(uri).claim
         if claim and claim not in facts.pvcs:
@@ -364,15 +367,8 @@ def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: S
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
             }
         )
-    if spec.model.credentials_secret:
-        # Referenced, never copied: the kubelet reads the Secret when it starts the container.
-        env += [
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": spec.model.credentials_secret, "key": key, "optional": True}},
-            }
-            for key in CREDENTIAL_KEYS
-        ]
+    # Secrets are referenced, never copied (glmops.plan.storage).
+    env += credential_env(spec)
     return env
 
 

@@ -3,7 +3,8 @@
 `resolve_model_source(config.model.source, ...)` returns a directory holding config.json and the
 safetensors. Local schemes are only checked; hf:// is fetched with `huggingface_hub.snapshot_download`
 (token read from the environment variable the config names, never logged or echoed); s3:// is
-copied with fsspec, which needs the optional `s3fs` package (extra `trainer-s3`).
+copied with `glmops_trainer.storage` (s3fs, the optional `trainer-s3` extra; credentials and the
+endpoint of S3-compatible stores from the environment).
 Errors are `ModelSourceError`s that name the field (`spec.model.source`) and say how to fix it.
 """
 
@@ -159,25 +160,22 @@ def _download_hf(source: ModelSource, uri: str, cache_dir: Path, token_env: str,
 
 
 def _download_s3(source: ModelSource, uri: str, cache_dir: Path, field: str) -> Path:
-    try:
-        import fsspec  # type: ignore[import-untyped]
-        import s3fs  # type: ignore[import-not-found,unused-ignore]  # noqa: F401  (fsspec's s3 implementation; imported to fail early with a clear message)
-    except ImportError:
-        raise ModelSourceError(
-            f"{field}: {uri!r} needs the s3fs package, which this trainer image lacks; install the "
-            "'trainer-s3' extra (pip install 'glmops[trainer-s3]') or copy the model to a PVC and use pvc://"
-        ) from None
+    from glmops_trainer.storage import (
+        Role,
+        S3Location,
+        StorageError,
+        fetch_s3_tree,
+        s3_filesystem,
+        s3_settings,
+    )
+
+    bucket, _, key = source.location.partition("/")
+    # The copy appears under its final name only once complete, so a restarted pod reuses it
+    # and never takes half a download for a model.
     target = cache_dir / "s3" / source.location
-    fs = fsspec.filesystem("s3")
     try:
-        if not fs.exists(source.location):
-            raise ModelSourceError(f"{field}: {uri!r} does not exist; check bucket and key")
-        fs.get(source.location.rstrip("/") + "/", str(target), recursive=True)
-    except ModelSourceError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (any storage error becomes a message naming the field)
-        raise ModelSourceError(
-            f"{field}: copying {uri} failed ({type(exc).__name__}: {exc}); check the bucket policy and the "
-            "AWS credentials in spec.model.credentialsSecret"
-        ) from None
+        fs = s3_filesystem(s3_settings(Role.model), field)
+        fetch_s3_tree(fs, S3Location(bucket, key), target, role=Role.model, field=field)
+    except StorageError as exc:
+        raise ModelSourceError(str(exc)) from None
     return _existing_model_dir(target, uri, field)

@@ -1,0 +1,280 @@
+"""Every CEL rule of the generated CRDs, enforced by a real Kubernetes 1.36 apiextensions-apiserver.
+
+The CRDs are installed exactly as `crds/` holds them (the 1.20 control plane drops these rules, see
+glmops_dev.crds). Each rule gets objects the server must accept and objects or updates it must
+refuse with the rule's own message; `test_every_rule_has_a_test` fails when a rule is added to a
+model without a test here.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from apiext import NAMESPACE, ApiextServer, ApiResponse, load_crds
+
+pytestmark = pytest.mark.cluster  # needs a built server, like the control plane
+
+GROUP_VERSION = "glmops.io/v1alpha1"
+FTJ_PATH = f"/apis/{GROUP_VERSION}/namespaces/{NAMESPACE}/finetunejobs"
+MDEP_PATH = f"/apis/{GROUP_VERSION}/namespaces/{NAMESPACE}/modeldeployments"
+MERGE_PATCH = "application/merge-patch+json"
+
+TESTED: set[tuple[str, str, str]] = set()
+"""(kind, schema path, rule) of every rule a test below covers."""
+
+
+def covers(kind: str, path: str, rule: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Record that the decorated test checks `rule` at `path` of `kind`."""
+
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        TESTED.add((kind, path, rule))
+        return test
+
+    return mark
+
+
+def _rules(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, rule
+    for name, child in node.get("properties", {}).items():
+        yield from _rules(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _rules(node["items"], f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _rules(node["additionalProperties"], f"{path}{{*}}")
+
+
+def crd_rules() -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(kind, path, rule) -> the rule object, for every CEL rule in crds/."""
+    found = {}
+    for crd in load_crds():
+        kind = crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            for path, rule in _rules(schema, ""):
+                found[(kind, path.lstrip("."), rule["rule"])] = rule
+    return found
+
+
+def message_of(kind: str, path: str, rule: str) -> str:
+    """The message the CRD attaches to a rule."""
+    return str(crd_rules()[(kind, path, rule)]["message"])
+
+
+_names = itertools.count()
+
+
+def _ftj(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"variant": "flash", "source": "pvc://models/glm-4.7-flash"},
+        "dataset": {"source": "pvc://datasets/payments/train.jsonl"},
+        "output": {"destination": "pvc://models/payments-coder", "quantizations": ["Q4_K_M"]},
+    }
+    spec.update(copy.deepcopy(spec_overrides))
+    return {"apiVersion": GROUP_VERSION, "kind": "FineTuneJob", "metadata": {"name": f"ftj-{next(_names)}"}, "spec": spec}
+
+
+def _mdep(source: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": f"mdep-{next(_names)}"},
+        "spec": {"source": source, "runtime": "llamacpp", "servedModelName": "coder"},
+    }
+
+
+def _create(apiext: ApiextServer, path: str, body: dict[str, Any]) -> ApiResponse:
+    return apiext.request("POST", path, body)
+
+
+def _created(apiext: ApiextServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = _create(apiext, path, body)
+    assert response.status == 201, response.message
+    return response.body
+
+
+def _patch(apiext: ApiextServer, path: str, name: str, patch: dict[str, Any], subresource: str = "") -> ApiResponse:
+    return apiext.request("PATCH", f"{path}/{name}{subresource}", patch, MERGE_PATCH)
+
+
+def _refused_by(response: ApiResponse, field: str, message: str) -> None:
+    """A 422 whose causes name `field` with the rule's `message`."""
+    assert response.status == 422, f"expected 422, got {response.status}: {response.message}"
+    causes = response.body.get("details", {}).get("causes", [])
+    assert any(c.get("field") == field and message in c.get("message", "") for c in causes), response.body
+
+
+def test_server_is_current_and_crds_are_unchanged(apiext: ApiextServer) -> None:
+    assert int(apiext.version()["minor"].rstrip("+")) >= 25  # CEL rules are enforced from 1.25
+    for crd in load_crds():
+        stored = apiext.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}").body
+        # The server keeps every rule it was given (an old server would have dropped them).
+        for version, installed in zip(crd["spec"]["versions"], stored["spec"]["versions"], strict=True):
+            def rules(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
+                return sorted((path, r["rule"], r["message"]) for path, r in _rules(schema, ""))
+
+            assert rules(installed["schema"]["openAPIV3Schema"]) == rules(version["schema"]["openAPIV3Schema"])
+
+
+def test_every_rule_has_a_test() -> None:
+    rules = set(crd_rules())
+    assert rules, "no CEL rules found in crds/"
+    assert rules - TESTED == set(), "CEL rules without a test in tests/cel/test_cel_rules.py"
+    assert TESTED - rules == set(), "tests for CEL rules that the CRDs no longer have"
+
+
+# ---- FineTuneJob: immutability (transition rules, run on update only) -----------------------
+
+IMMUTABLE = "self == oldSelf"
+ADDED_LATER = {section: f"has(self.{section}) == has(oldSelf.{section})" for section in ("training", "resources")}
+# (field, the spec the object is created with, the merge patch, where the rule sits, the rule)
+CHANGES: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
+    ("spec.model", {}, {"model": {"source": "pvc://models/glm-4.7-flash-v2"}}, "spec.model", IMMUTABLE),
+    ("spec.model", {}, {"model": {"credentialsSecret": "hf-token"}}, "spec.model", IMMUTABLE),
+    ("spec.dataset", {}, {"dataset": {"source": "pvc://datasets/payments/train-v2.jsonl"}}, "spec.dataset", IMMUTABLE),
+    ("spec.dataset", {}, {"dataset": {"validationSplit": 0.1}}, "spec.dataset", IMMUTABLE),
+    ("spec.output", {}, {"output": {"destination": "pvc://models/elsewhere"}}, "spec.output", IMMUTABLE),
+    ("spec.output", {}, {"output": {"formats": ["adapter"]}}, "spec.output", IMMUTABLE),
+    ("spec.training", {"training": {"epochs": 2}}, {"training": {"epochs": 3}}, "spec.training", IMMUTABLE),
+    ("spec.training", {"training": {"epochs": 2}}, {"training": {"lora": {"rank": 32}}}, "spec.training", IMMUTABLE),
+    ("spec.training", {}, {"training": {"epochs": 3}}, "spec", ADDED_LATER["training"]),
+    ("spec.training", {"training": {"epochs": 2}}, {"training": None}, "spec", ADDED_LATER["training"]),
+    ("spec.resources", {"resources": {"gpusPerNode": 1}}, {"resources": {"gpuMemoryGiB": 80}}, "spec.resources", IMMUTABLE),
+    (
+        "spec.resources",
+        {"resources": {"gpusPerNode": 1}},
+        {"resources": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}},
+        "spec.resources",
+        IMMUTABLE,
+    ),
+    ("spec.resources", {}, {"resources": {"gpusPerNode": 2}}, "spec", ADDED_LATER["resources"]),
+    ("spec.resources", {"resources": {"gpusPerNode": 1}}, {"resources": None}, "spec", ADDED_LATER["resources"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "initial", "change", "rule_path", "rule"),
+    CHANGES,
+    ids=[f"{field}:{'set' if initial else 'unset'}->{json.dumps(change)}" for field, initial, change, _, _ in CHANGES],
+)
+def test_changing_an_immutable_field_is_refused_with_the_rules_message(
+    apiext: ApiextServer, field: str, initial: dict[str, Any], change: dict[str, Any], rule_path: str, rule: str
+) -> None:
+    created = _created(apiext, FTJ_PATH, _ftj(**initial))
+    name = created["metadata"]["name"]
+    response = _patch(apiext, FTJ_PATH, name, {"spec": change})
+    _refused_by(response, field, message_of("FineTuneJob", rule_path, rule))
+    # Nothing was stored.
+    assert apiext.request("GET", f"{FTJ_PATH}/{name}").body["spec"] == created["spec"]
+
+
+for _field, _initial, _change, _path, _rule in CHANGES:
+    covers("FineTuneJob", _path, _rule)(test_changing_an_immutable_field_is_refused_with_the_rules_message)
+
+IMMUTABLE_SECTIONS = ["model", "dataset", "training", "resources", "output"]
+
+
+def test_updates_that_keep_the_immutable_fields_are_accepted(apiext: ApiextServer) -> None:
+    created = _created(apiext, FTJ_PATH, _ftj(training={"epochs": 2}, resources={"gpusPerNode": 1}))
+    name = created["metadata"]["name"]
+    # Mutable parts: cancel, the failure policy, labels.
+    for patch in ({"spec": {"cancel": True}}, {"spec": {"failurePolicy": {"maxRetries": 5}}}, {"metadata": {"labels": {"team": "payments"}}}):
+        response = _patch(apiext, FTJ_PATH, name, patch)
+        assert response.status == 200, response.message
+    # Writing the same values again is no change.
+    response = _patch(apiext, FTJ_PATH, name, {"spec": {key: created["spec"][key] for key in IMMUTABLE_SECTIONS}})
+    assert response.status == 200, response.message
+    # Left out at creation, the optional sections may stay left out.
+    bare = _created(apiext, FTJ_PATH, _ftj())
+    response = _patch(apiext, FTJ_PATH, bare["metadata"]["name"], {"spec": {"cancel": True}})
+    assert response.status == 200, response.message
+
+
+def test_the_operators_status_writes_pass_the_immutability_rules(apiext: ApiextServer) -> None:
+    name = _created(apiext, FTJ_PATH, _ftj())["metadata"]["name"]
+    response = _patch(apiext, FTJ_PATH, name, {"status": {"phase": "Training", "progress": {"step": 3, "totalSteps": 10}}}, "/status")
+    assert response.status == 200, response.message
+    assert response.body["status"]["phase"] == "Training"
+
+
+# ---- FineTuneJob: an s3:// output runs on one node ---------------------------------------------
+
+S3_ONE_NODE = "!self.output.destination.startsWith('s3://') || !has(self.resources) || self.resources.nodes == 1"
+
+
+@covers("FineTuneJob", "spec", S3_ONE_NODE)
+@pytest.mark.parametrize(
+    ("output", "nodes", "accepted"),
+    [
+        ("s3://ml-artifacts/payments-coder", 1, True),
+        ("s3://ml-artifacts/payments-coder", None, True),  # nodes defaults to 1
+        ("pvc://models/payments-coder", 4, True),
+        ("s3://ml-artifacts/payments-coder", 2, False),
+    ],
+)
+def test_s3_output_needs_a_single_node(apiext: ApiextServer, output: str, nodes: int | None, accepted: bool) -> None:
+    resources = {"gpusPerNode": 8} | ({"nodes": nodes} if nodes is not None else {})
+    response = _create(apiext, FTJ_PATH, _ftj(output={"destination": output}, resources=resources))
+    if accepted:
+        assert response.status == 201, response.message
+    else:
+        _refused_by(response, "spec.output.destination", message_of("FineTuneJob", "spec", S3_ONE_NODE))
+
+
+# ---- ModelDeployment: exactly one source --------------------------------------------------------
+
+ONE_SOURCE = "has(self.fineTuneJob) != has(self.uri)"
+
+
+@covers("ModelDeployment", "spec.source", ONE_SOURCE)
+@pytest.mark.parametrize(
+    ("source", "accepted"),
+    [
+        ({"fineTuneJob": "payments-coder"}, True),
+        ({"uri": "pvc://models/payments-coder/merged"}, True),
+        ({"fineTuneJob": "payments-coder", "uri": "pvc://models/payments-coder/merged"}, False),
+        ({}, False),
+        ({"artifact": "gguf"}, False),
+    ],
+)
+def test_a_deployment_names_exactly_one_source(apiext: ApiextServer, source: dict[str, Any], accepted: bool) -> None:
+    response = _create(apiext, MDEP_PATH, _mdep(source))
+    if accepted:
+        assert response.status == 201, response.message
+    else:
+        _refused_by(response, "spec.source", message_of("ModelDeployment", "spec.source", ONE_SOURCE))
+
+
+# ---- storage locations the trainer cannot read are refused at apply time (patterns) ----------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "accepted"),
+    [
+        ({"dataset": {"source": "s3://ml-data/payments/train.jsonl", "endpointUrl": "http://minio.storage.svc:9000"}}, True),
+        ({"dataset": {"source": "hf://datasets/zai-org/agent-traces@v1/data/train.jsonl"}}, True),
+        ({"dataset": {"source": "s3://ml-data"}}, False),  # a bucket, not a file
+        ({"dataset": {"source": "s3://ml-data/payments/"}}, False),  # a prefix, not a file
+        ({"dataset": {"source": "s3://ML_Data/train.jsonl"}}, False),  # not a bucket name
+        ({"dataset": {"source": "hf://zai-org/agent-traces"}}, False),  # a repository, not a file of a dataset
+        ({"dataset": {"source": "hf://datasets/zai-org/agent-traces"}}, False),
+        ({"output": {"destination": "s3://ml-artifacts"}}, True),
+        ({"output": {"destination": "hf://zai-org/out"}}, False),
+        ({"output": {"destination": "s3://ml-artifacts/x", "endpointUrl": "minio:9000"}}, False),  # no scheme
+    ],
+)
+def test_storage_uris_the_trainer_cannot_read_are_refused_on_apply(
+    apiext: ApiextServer, spec: dict[str, Any], accepted: bool
+) -> None:
+    base = _ftj()["spec"]
+    for key, value in spec.items():
+        base[key] = {**base[key], **value}
+    response = _create(apiext, FTJ_PATH, _ftj(**base))
+    assert (response.status == 201) is accepted, response.message
+    if not accepted:
+        assert response.status == 422 and "should match" in response.message, response.message
