@@ -3,8 +3,8 @@
 Configuration (environment):
 
 - `GLMOPS_TEST_S3_HOST`: the address moto listens on and clients (trainer pods too) reach it at;
-  default 127.0.0.1, which host-network pods reach. Pods in their own network namespaces need
-  an address they can route to, e.g. the node agent's bridge address.
+  it wins over the `host` a test passes (the local cluster's host address, which pods in their
+  own network namespaces route to); default 127.0.0.1.
 - `GLMOPS_TEST_S3_ENDPOINT` (with `GLMOPS_TEST_S3_ACCESS_KEY`, `GLMOPS_TEST_S3_SECRET_KEY`): use
   an S3-compatible server that already runs (MinIO, Ceph RGW) instead of starting moto.
 
@@ -95,12 +95,12 @@ def _tail(path: Path) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-30:]) if path.exists() else ""
 
 
-def start_s3_server(timeout_s: float = 60.0) -> S3Server:
-    """The configured external server, or a new moto server with authentication on."""
+def start_s3_server(host: str | None = None, timeout_s: float = 60.0) -> S3Server:
+    """The configured external server, or a new moto server with authentication on, listening on `host`."""
     external = os.environ.get(ENDPOINT_ENV)
     if external:
         return S3Server(external, os.environ["GLMOPS_TEST_S3_ACCESS_KEY"], os.environ["GLMOPS_TEST_S3_SECRET_KEY"])
-    host = os.environ.get(HOST_ENV, "127.0.0.1")
+    host = os.environ.get(HOST_ENV) or host or "127.0.0.1"
     port = _free_port(host)
     log_path = Path(tempfile.mkstemp(prefix="glmops-moto-", suffix=".log")[1])
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_ACTIONS), MOTO_ALLOW_NONEXISTENT_REGION="true")

@@ -2,10 +2,9 @@
 
 The bucket lives on a real S3-compatible server started by the test (moto, signatures checked);
 the keys reach the trainer pod only through the Secrets the job names (secretKeyRef), the
-endpoint through `endpointUrl`. The trainer pod runs on the node agent. It reaches the server at
-`GLMOPS_TEST_S3_HOST` (default 127.0.0.1, which host-network pods reach; pods with network
-namespaces of their own need an address routed to them, such as the agent's bridge address,
-see tests/s3server.py), or at an existing server named by `GLMOPS_TEST_S3_ENDPOINT`.
+endpoint through `endpointUrl`. The trainer pod runs on the node agent, in a network namespace of its own; it reaches the
+server at the local cluster's host address (or `GLMOPS_TEST_S3_HOST`, see tests/s3server.py), or
+at an existing server named by `GLMOPS_TEST_S3_ENDPOINT`.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from kubernetes import client
 from polling import wait_for
 from s3server import S3Server, start_s3_server
 
+from glmops_dev.cluster import KubeCluster
 from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
 from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
@@ -34,8 +34,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    server = start_s3_server()
+def s3(cluster: KubeCluster) -> Iterator[S3Server]:
+    # Trainer pods live in network namespaces of their own: they reach the host at the pod
+    # network's host address (where the API server listens too), never at 127.0.0.1.
+    network = getattr(cluster, "network", None)
+    server = start_s3_server(host=network.plan.host_ip if network is not None else None)
     try:
         yield server
     finally:
