@@ -18,6 +18,7 @@ class ConditionType(StrEnum):
     scheduled = "Scheduled"
     training = "Training"
     ready = "Ready"  # top-level for ModelDeployment
+    nodes_fit = "NodesFit"  # FineTuneJob: whether nodes that can hold the pods exist (placementCheck advisory)
 
 
 class Reason(StrEnum):
@@ -32,12 +33,16 @@ class Reason(StrEnum):
     multi_node_unsupported = "MultiNodeUnsupported"
     spec_immutable = "SpecImmutable"
     api_error = "ApiError"
+    api_rejected = "ApiRejected"  # the apiserver refused (400/422) an object the operator made from the spec
+    suspend_unsupported = "SuspendUnsupported"
+    label_reserved = "LabelReserved"
     # lifecycle
     pending = "Pending"
     unschedulable = "Unschedulable"
     scheduled = "Scheduled"
     training = "Training"
     exporting = "Exporting"
+    export_failed = "ExportFailed"
     completed = "Completed"
     retries_exhausted = "RetriesExhausted"
     cancelled = "Cancelled"
