@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from operator_support import OperatorProcess
+from operator_support import OperatorProcess, free_port
 
 from glmops_dev.cluster import KubeCluster
 
@@ -17,6 +17,10 @@ def glmops_operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFacto
             "GLMOPS_TRAINER_IMAGE": "ghcr.io/glmops/trainer:test",
             # The trainer pods run on this machine's CPU, offline, beside the test suite.
             "GLMOPS_EXTRA_TRAINER_ENV": "CUDA_VISIBLE_DEVICES=,HF_HUB_OFFLINE=1,OMP_NUM_THREADS=2",
+            # Pods of the local node agent share the host's network (pod IP 127.0.0.1), as other
+            # test runs on this machine may: a port of our own keeps trainers' endpoints apart.
+            "GLMOPS_TRAINER_METRICS_PORT": str(free_port()),
+            "GLMOPS_PROGRESS_POLL_SECONDS": "2",
         })
     op.start()
     try:
