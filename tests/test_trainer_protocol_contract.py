@@ -98,11 +98,18 @@ def test_every_spec_the_crd_accepts_renders_a_config_the_trainer_accepts(spec: d
 
 def test_the_validation_split_has_one_bound() -> None:
     # The API once accepted 0.5 and the trainer refused it, after a GPU pod was scheduled.
-    with pytest.raises(ValueError):
-        FineTuneJobSpec.model_validate({
-            "model": {"variant": "flash", "source": "file:///m"}, "dataset": {"source": "file:///d", "validationSplit": 0.5},
-            "output": {"destination": "file:///o"},
-        })
+    spec = FineTuneJobSpec.model_validate({
+        "model": {"variant": "flash", "source": "file:///m"}, "dataset": {"source": "file:///d", "validationSplit": 0.5},
+        "output": {"destination": "file:///o"},
+    })
+    plan = plan_finetune(META, spec, ClusterFacts(server_minor=30), Settings())
+    assert TrainerConfig.model_validate(plan.trainer_config).data.validation_split == 0.5
+    for outside in (0.51, -0.01):
+        with pytest.raises(ValueError):
+            FineTuneJobSpec.model_validate({
+                "model": {"variant": "flash", "source": "file:///m"}, "dataset": {"source": "file:///d", "validationSplit": outside},
+                "output": {"destination": "file:///o"},
+            })
     assert TrainerConfig is contract_config.TrainerConfig  # one definition, re-exported by the trainer
 
 

@@ -241,3 +241,12 @@ def test_a_node_with_exactly_the_minimum_gpu_memory_is_chosen_and_one_mib_less_i
         time.sleep(1)
         for node in (exact, short):
             core.delete_node(node)
+
+
+@pytest.mark.parametrize("split", [0, 0.5, 0.25])
+def test_the_apiserver_accepts_every_validation_split_the_trainer_does(cluster, namespace: str, split: float) -> None:
+    # Integer 0 matters: Kubernetes 1.20 compares it with a float bound truncated to an integer.
+    jobs = Jobs(cluster, namespace)
+    doc = _ftj(f"split-{str(split).replace('.', '-')}")
+    doc["spec"]["dataset"]["validationSplit"] = split
+    assert jobs.create(doc)["spec"]["dataset"]["validationSplit"] == split

@@ -121,7 +121,9 @@ def test_success_records_the_artifacts_of_both_pods() -> None:
 
 def test_failures_and_cancels_stop_the_children_after_the_write() -> None:
     failed = next_status(RUNNING, _obs(JobObservation(result=ResultRecord("Failed", "ConfigError", "bad lr"))))
-    assert failed.status.phase is Phase.failed and failed.stop_children
+    assert failed.status.phase is Phase.failed and failed.stop_children  # a retry would fail alike: stop it
+    exhausted = next_status(RUNNING, _obs(JobObservation(failed=True, failed_pods=4)))
+    assert exhausted.status.phase is Phase.failed and not exhausted.stop_children  # ended by itself: keep its pods' logs
     cancelled = next_status(RUNNING, _obs(JobObservation(pod_phase="Running"), cancel=True))
     assert cancelled.status.phase is Phase.cancelled and cancelled.stop_children and cancelled.status.completion_time == NOW
 

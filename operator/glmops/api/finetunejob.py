@@ -82,7 +82,7 @@ class DatasetSpec(WireModel):
     thinking: Thinking = Thinking.preserve
     """`preserve` keeps every assistant turn's reasoning (Preserved Thinking); `strip` drops it."""
     validation_split: ValidationSplit = 0.05
-    """Share of samples held out to compute the eval loss (0 <= split < 0.5; 0 disables evaluation)."""
+    """Share of samples held out to compute the eval loss (0 <= split <= 0.5; 0 disables evaluation)."""
     max_error_fraction: ErrorFraction = 0.05
     """The job fails before loading the model when more than this share of samples is invalid."""
 

@@ -77,8 +77,9 @@ class Quantization(StrEnum):
 
 
 # Bounds both the FineTuneJob API and the trainer enforce.
-ValidationSplit = Annotated[float, Field(ge=0.0, lt=0.5)]
-"""Held-out share: the training split must stay the larger one."""
+ValidationSplit = Annotated[float, Field(ge=0.0, le=0.5)]
+"""Held-out share, at most half. (An exclusive bound would be cleaner, but Kubernetes 1.20's schema
+validation compares an integer value with a truncated float bound and refuses `validationSplit: 0`.)"""
 ErrorFraction = Annotated[float, Field(ge=0.0, le=1.0)]
 LoraRank = Annotated[int, Field(ge=1, le=512)]
 LoraDropout = Annotated[float, Field(ge=0.0, lt=1.0)]

@@ -183,10 +183,9 @@ def apply_decision(status: FineTuneJobStatus, decision: PhaseDecision, generatio
 def next_status(current: FineTuneJobStatus, obs: Observation) -> Decision:
     """The status after `obs`, and what to do around writing it. `current` is not changed."""
     status = current.model_copy(deep=True)
+    alive = _active(obs.trainer) or (obs.export is not None and _active(obs.export))
     if status.phase in TERMINAL:
         # Absorbing: nothing observed later changes an ended job; children still alive are stopped.
-        alive = not obs.trainer.missing and not (obs.trainer.succeeded or obs.trainer.failed)
-        alive = alive or (obs.export is not None and not obs.export.missing and not (obs.export.succeeded or obs.export.failed))
         return Decision(status, stop_children=alive and status.phase is not Phase.succeeded)
     gen = obs.generation
     decision = decide_phase(status, obs)
@@ -222,9 +221,15 @@ def next_status(current: FineTuneJobStatus, obs: Observation) -> Decision:
             status.progress.percent = 100
             status.progress.eta_seconds = 0
     apply_decision(status, decision, gen, obs.now)
-    stop = decision.phase in (Phase.failed, Phase.cancelled)
+    # A cancel removes the run's Jobs; a failure stops what still runs (a user error fails every
+    # retry alike) and keeps Jobs that ended by themselves, with their pods' logs.
+    stop = decision.phase is Phase.cancelled or (decision.phase is Phase.failed and alive)
     transition = previous is None or previous.reason != decision.reason
     return Decision(status, create_export=create_export, stop_children=stop, event=decision if transition else None)
+
+
+def _active(job: JobObservation) -> bool:
+    return not (job.missing or job.succeeded or job.failed)
 
 
 def _set_immutability(status: FineTuneJobStatus, obs: Observation, gen: int) -> None:
