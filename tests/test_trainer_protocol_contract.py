@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 
 from glmops.api.finetunejob import FineTuneJobSpec, Quantization
 from glmops.contract import config as contract_config
-from glmops.contract.records import MetricsError, ProgressRecord, ResultRecord, fit_result, parse_metrics, parse_result, render_metrics
+from glmops.contract.records import (
+    MetricsError,
+    ProgressRecord,
+    ResultRecord,
+    fit_result,
+    parse_metrics,
+    parse_result,
+    render_metrics,
+)
 from glmops.contract.uris import DATA_SCHEMES, MODEL_SCHEMES, OUTPUT_SCHEMES, UriError, parse_uri, pattern_for
 from glmops.plan.finetune import ClusterFacts, JobMeta, plan_finetune
 from glmops.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from glmops.cli.main import main as glmops_main
 from glmops.api.common import LABEL_VALUE_PATTERN
+from glmops.cli.main import main as glmops_main
 from glmops.contract.uris import MODEL_SCHEMES, pattern_for
 from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 

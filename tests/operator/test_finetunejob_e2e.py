@@ -169,6 +169,7 @@ def _running_pid(pod: dict[str, Any]) -> int | None:
     return None
 
 
+@pytest.mark.llamacpp
 def test_flash_trains_then_exports_in_its_own_cpu_job_and_ignores_its_log(
     cluster, node_agent, e2e_operator: OperatorProcess, namespace: str, flash_model: Path, workdir: Path
 ) -> None:
