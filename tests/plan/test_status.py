@@ -167,3 +167,11 @@ def test_a_problem_that_no_wait_can_fix_fails_the_job() -> None:
     adm = Admission(1, problems=("spec.resources.gpuMemoryGiB: too small",), problem_reason="GpuMemoryTooSmall", now=NOW)
     decision = admission_status(FineTuneJobStatus(), adm)
     assert decision.status.phase is Phase.failed and decision.event is not None
+
+
+def test_an_api_error_condition_clears_once_the_job_is_observed_again() -> None:
+    troubled = admission_status(RUNNING, Admission(1, api_error="503 Service Unavailable", now=NOW)).status
+    assert next(c for c in troubled.conditions if c.type == "Validated").reason == "ApiError"
+    assert troubled.phase is Phase.training  # a running job keeps its phase while the API is away
+    again = next_status(troubled, _obs(JobObservation(pod_phase="Running")))
+    assert next(c for c in again.status.conditions if c.type == "Validated").reason == "SpecValid"

@@ -264,7 +264,8 @@ def converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any
             extra["lastHandledConfiguration"] = diffbase
         if wire != before or extra:
             try:
-                kube.patch_custom_status(api, PLURAL, namespace, name, _removals(before, wire) | wire | extra, body["metadata"]["resourceVersion"])
+                patch = status_patch(before, wire) | extra
+                kube.patch_custom_status(api, PLURAL, namespace, name, patch, body["metadata"]["resourceVersion"])
             except kube.ConflictError:
                 continue
         if diffbase is not None:
@@ -276,9 +277,36 @@ def converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any
     raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing while it was written", delay=1)
 
 
+def status_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch from status `before` to `after`: `after`, with nulls for what it drops."""
+    return _merge(_removals(before, after), after)
+
+
 def _removals(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge-patch nulls for top-level status keys that the new status drops."""
-    return {k: None for k in before if k not in after and k != "lastHandledConfiguration"}
+    """Merge-patch nulls for the keys that the new status drops, at any depth (a merge patch
+    merges objects key by key, so a key left out would keep its old value)."""
+    removed: dict[str, Any] = {}
+    for key, old in before.items():
+        if key == "lastHandledConfiguration":
+            continue
+        if key not in after:
+            removed[key] = None
+        elif isinstance(old, Mapping) and isinstance(after[key], Mapping):
+            nested = _removals(old, after[key])
+            if nested:
+                removed[key] = nested
+    return removed
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, object by object."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class _ApiTrouble(Exception):

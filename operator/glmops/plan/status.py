@@ -242,7 +242,8 @@ def _set_immutability(status: FineTuneJobStatus, obs: Observation, gen: int) -> 
         status.conditions = set_condition(
             status.conditions, ConditionType.validated, ConditionStatus.false, Reason.spec_immutable, message, gen, obs.now
         )
-    elif validated is not None and validated.reason == Reason.spec_immutable:
+    elif validated is not None and validated.reason in (Reason.spec_immutable, Reason.api_error):
+        # The edit was reverted, or the API answers again: the job is as it was admitted.
         status.conditions = set_condition(
             status.conditions, ConditionType.validated, ConditionStatus.true, Reason.spec_valid,
             "the spec matches the one the trainer was created from", gen, obs.now,
