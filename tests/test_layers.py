@@ -68,3 +68,15 @@ def test_the_contract_needs_nothing_but_pydantic() -> None:
             import sys
 
             assert top in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def test_the_export_does_not_import_the_training_recipe() -> None:
+    """The export runs in its own CPU pod: it needs the trainer's locations, not its training stack."""
+    export = PACKAGE.parents[1] / "trainer_image" / "glmops_trainer" / "export"
+    offenders = [
+        f"{path.name} imports {name}"
+        for path in sorted(export.rglob("*.py"))
+        for name in _imports(path)
+        if name == "glmops_trainer.train" or name.startswith("glmops_trainer.train.")
+    ]
+    assert offenders == []
