@@ -353,7 +353,11 @@ def _after_write(api: client.ApiClient, body: Mapping[str, Any], decision: Decis
             kube.delete_child(api, kind, namespace, child)
     if decision.event is not None:
         event = decision.event
-        kube.post_event(api, {**body, "kind": KIND}, "Warning" if is_warning(event) else "Normal", event.reason, event.message)
+        try:
+            kube.post_event(api, {**body, "kind": KIND}, "Warning" if is_warning(event) else "Normal", event.reason, event.message)
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            # The status already says it; an event lost to an API hiccup is not worth a retry.
+            log.warning("event %s for %s/%s not posted: %s", event.reason, namespace, body["metadata"]["name"], kube.describe_error(exc))
 
 
 # --- admission: check once, create the trainer --------------------------------------------------
