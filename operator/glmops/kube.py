@@ -152,15 +152,18 @@ def _custom_path(plural: str, namespace: str, name: str | None = None, sub: str 
 
 
 def patch_custom_status(
-    api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
+    api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
 ) -> Obj:
     """Merge-patch the status of one of our resources if it is still at `resource_version`.
 
     The resourceVersion in the patch is a precondition the apiserver enforces: a write based on
     a stale read fails with ConflictError instead of undoing what another writer recorded.
-    Keys set to None in `status` are removed.
+    Keys set to None in `status` are removed. Without `resource_version` the write is
+    unconditional, which a writer that computes status from what it read must not use.
     """
-    body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+    body: dict[str, Any] = {"status": dict(status)}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
         result: Obj = request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body=body, content_type=MERGE_PATCH)
     except ApiException as exc:
