@@ -2,7 +2,7 @@
 
 On the local control plane it starts the node agent and the operator (as `glmops run`, in its
 own process), applies `examples/` (they name PVCs and Secrets that do not exist here, so they
-show how glmops refuses them: Failed, with the field and the fix), then builds a tiny
+show how glmops waits for them: Pending, with the missing object named), then builds a tiny
 GLM-4.7-Flash-architecture model and runs a real FineTuneJob on it: QLoRA on agentic
 conversations, export to adapter, merged weights and a Q8_0 GGUF, printed as it progresses.
 """
@@ -118,7 +118,7 @@ def run_demo(cluster: KubeCluster, state_dir: Path, apply_examples: Any) -> tupl
     operator = Operator(cluster, state_dir / "operator.log")
     print(f"Node agent and operator running (operator log: {operator.log_path}).\n")
 
-    print("Applying examples/ (their PVCs and Secrets do not exist here: watch glmops refuse them):")
+    print("Applying examples/ (their PVCs and Secrets do not exist here: watch glmops wait for them):")
     apply_examples(cluster, repo_root() / "examples")
     time.sleep(5)
     print(cluster.kubectl("get", "ftj", "-A", check=False).stdout)

@@ -21,6 +21,7 @@ class ConditionType(StrEnum):
     progressing = "Progressing"  # ModelDeployment: a rollout is under way (True) or finished/stuck (False)
     degraded = "Degraded"  # ModelDeployment: something needs attention although it may still serve
     resolved = "Resolved"  # ModelDeployment: the artifact to serve is known and usable
+    nodes_fit = "NodesFit"  # FineTuneJob: whether nodes that can hold the pods exist (placementCheck advisory)
 
 
 class Reason(StrEnum):
@@ -35,12 +36,16 @@ class Reason(StrEnum):
     multi_node_unsupported = "MultiNodeUnsupported"
     spec_immutable = "SpecImmutable"
     api_error = "ApiError"
+    api_rejected = "ApiRejected"  # the apiserver refused (400/422) an object the operator made from the spec
+    suspend_unsupported = "SuspendUnsupported"
+    label_reserved = "LabelReserved"
     # lifecycle
     pending = "Pending"
     unschedulable = "Unschedulable"
     scheduled = "Scheduled"
     training = "Training"
     exporting = "Exporting"
+    export_failed = "ExportFailed"
     completed = "Completed"
     retries_exhausted = "RetriesExhausted"
     cancelled = "Cancelled"

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -25,6 +27,22 @@ from glmops.plan.finetune import GPU_COUNT_LABEL, GPU_MEMORY_LABEL, GPU_PRODUCT_
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+DEFAULT_TIMEOUT_S = 30.0
+"""Every request ends within this many seconds unless the client says otherwise (`TimedApiClient`)."""
+
+
+class TimedApiClient(client.ApiClient):
+    """The Kubernetes client with a deadline for every request made through this module."""
+
+    def __init__(self, configuration: client.Configuration, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(configuration)
+        self.timeout_s = timeout_s
+
+
+class ConflictError(RuntimeError):
+    """A conditional write lost: the object changed since it was read (HTTP 409)."""
+
 
 # Where each kind of child object lives: (API path prefix, plural).
 CHILD_PATHS = {
@@ -66,7 +84,9 @@ def request_raw(
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = api.call_api(*serialized)
+    timeout = getattr(api, "timeout_s", DEFAULT_TIMEOUT_S)
+    # (connect, read) in seconds: a hung apiserver or a half-dead connection never blocks a handler.
+    response = api.call_api(*serialized, _request_timeout=(min(10.0, timeout), timeout))
     try:
         data = bytes(response.read() or b"")  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
@@ -131,9 +151,26 @@ def _custom_path(plural: str, namespace: str, name: str | None = None, sub: str 
     return _path(f"/apis/{GROUP}/{VERSION}", plural, namespace, name, sub)
 
 
-def patch_custom_status(api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patch the status subresource of one of our resources."""
-    request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body={"status": dict(status)}, content_type=MERGE_PATCH)
+def patch_custom_status(
+    api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+) -> Obj:
+    """Merge-patch the status of one of our resources if it is still at `resource_version`.
+
+    The resourceVersion in the patch is a precondition the apiserver enforces: a write based on
+    a stale read fails with ConflictError instead of undoing what another writer recorded.
+    Keys set to None in `status` are removed. Without `resource_version` the write is
+    unconditional, which a writer that computes status from what it read must not use.
+    """
+    body: dict[str, Any] = {"status": dict(status)}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        result: Obj = request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body=body, content_type=MERGE_PATCH)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise ConflictError(f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}") from exc
+        raise
+    return result
 
 
 def get_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> Obj | None:
@@ -162,8 +199,14 @@ def secret_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
 
 
 def pvc_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
-    """Whether a PersistentVolumeClaim exists."""
-    return _get_or_none(api, _path("/api/v1", "persistentvolumeclaims", namespace, name)) is not None
+    """Whether a PersistentVolumeClaim exists (its metadata only is asked for)."""
+    try:
+        request_raw(api, "GET", _path("/api/v1", "persistentvolumeclaims", namespace, name), accept=f"{PARTIAL_METADATA}, application/json")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def server_minor(api: client.ApiClient) -> int:
@@ -194,8 +237,14 @@ def get_job(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
 
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """Delete a Job and, in the background, its pods (a gone Job is fine)."""
+    delete_child(api, "Job", namespace, name)
+
+
+def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> None:
+    """Delete one of the child kinds of CHILD_PATHS (dependents in the background); a gone object is fine."""
+    prefix, plural = CHILD_PATHS[kind]
     try:
-        request(api, "DELETE", _path("/apis/batch/v1", "jobs", namespace, name), body={"propagationPolicy": "Background"})
+        request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": "Background"})
     except ApiException as exc:
         if exc.status != 404:
             raise
@@ -207,16 +256,49 @@ def job_pods(api: client.ApiClient, namespace: str, job_name: str) -> list[Obj]:
     return sorted(pods.get("items", []), key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True)
 
 
-def pod_log_tail(api: client.ApiClient, namespace: str, pod: str, container: str, lines: int = 50) -> str:
-    """The last lines of a container's log ('' when it has none yet)."""
-    path = _path("/api/v1", "pods", namespace, pod, "log")
+def post_event(api: client.ApiClient, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Record a core/v1 Event about `involved` (one of our resources), as `kubectl describe` shows them."""
+    metadata = involved["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+            "kind": involved.get("kind", ""),
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata.get("uid", ""),
+            "resourceVersion": metadata.get("resourceVersion", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "glmops"},
+        "reportingComponent": "glmops",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    request(api, "POST", _path("/api/v1", "events", metadata["namespace"]), body=event)
+
+
+# --- pod endpoints (not the API) ----------------------------------------------------------------
+
+_POD_HTTP = urllib3.PoolManager(retries=False)
+
+
+def read_pod_endpoint(pod_ip: str, port: int, path: str, timeout_s: float = 3.0) -> str | None:
+    """GET http://POD_IP:PORT/PATH (a pod's own endpoint, e.g. the trainer's /metrics); None when unreachable."""
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
     try:
-        data = request_raw(api, "GET", path, query={"container": container, "tailLines": lines}, accept="text/plain, */*")
-    except ApiException as exc:
-        if exc.status in (400, 404, 500, 502, 503):
-            return ""  # no log yet, or the node cannot serve it right now: try again next poll
-        raise
-    return data.decode("utf-8", errors="replace")
+        response = _POD_HTTP.request("GET", f"http://{host}:{port}{path}", timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s))
+    except urllib3.exceptions.HTTPError:
+        return None
+    if response.status != 200:
+        return None
+    return response.data.decode("utf-8", errors="replace")
 
 
 # --- serving (ModelDeployment): server-side apply of owned objects, observation, conditional status ---
@@ -266,18 +348,6 @@ def list_pods(api: client.ApiClient, namespace: str, label_selector: str) -> lis
     """Pods matching a label selector."""
     found: Obj = request(api, "GET", _path("/api/v1", "pods", namespace), query={"labelSelector": label_selector})
     return list(found.get("items", []))
-
-
-def patch_custom_status_if(
-    api: client.ApiClient, plural: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str
-) -> Obj:
-    """Merge-patch the status subresource only if the object is still at `resource_version` (else 409).
-
-    A writer that computed status from an older read loses instead of undoing a newer writer's status.
-    """
-    body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
-    result: Obj = request(api, "PATCH", _custom_path(plural, namespace, name, "status"), body=body, content_type=MERGE_PATCH)
-    return result
 
 
 def read_secret_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:

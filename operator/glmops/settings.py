@@ -57,6 +57,20 @@ class Settings:
     """Access mode of those claims: replicas on several nodes mount them at once (ReadWriteOnce keeps them on one node)."""
     vllm_startup_seconds: int = 600
     """Start-up time of vLLM besides reading the weights (torch.compile, CUDA graph capture, KV cache profiling)."""
+    placement_check: str = "strict"
+    """`strict`: refuse a FineTuneJob no node can hold; `advisory`: create it anyway with condition NodesFit=False (GPU pools that scale from zero)."""
+    trainer_metrics_port: int = 9464
+    """Port of the trainer's progress endpoint (`/metrics` on the pod IP), which the operator scrapes."""
+    progress_poll_seconds: float = 10.0
+    """How often the operator reads the progress endpoint of each training job."""
+    api_timeout_seconds: float = 30.0
+    """Timeout of every API request the operator makes (its watches have their own, longer ones)."""
+    export_cpu: str = "4"
+    """CPU request of an export pod (merge, GGUF conversion and quantization run on CPU)."""
+    export_memory_base: str = "4Gi"
+    """Memory of an export pod beyond (largest base shard + adapter) x export_memory_headroom: interpreter, libraries, llama.cpp."""
+    export_memory_headroom: float = 1.5
+    """Factor on the largest base shard plus the adapter, which the streaming merge holds at once."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,4 +90,7 @@ class Settings:
                 values[f.name] = dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
             else:
                 values[f.name] = raw
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.placement_check not in ("strict", "advisory"):
+            raise ValueError(f"GLMOPS_PLACEMENT_CHECK: {settings.placement_check!r}; use strict or advisory")
+        return settings

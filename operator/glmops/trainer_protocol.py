@@ -1,63 +1,51 @@
-"""What the operator reads from a trainer pod: progress lines in its log and its final result.
+"""The trainer's records (glmops.contract.records) mapped onto FineTuneJob status. Pure.
 
-The trainer prints `GLMOPS_PROGRESS {json}` lines (docs/trainer.md) and writes a JSON result as
-its termination message. The operator parses both here, without importing the trainer (that
-would pull torch into the operator); a contract test checks the two sides agree. Pure.
+The records have one definition, shared with the trainer; this module only turns them into the
+API's status models (progress with a percentage, artifacts with their sizes and digests).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from glmops.api.finetunejob import ArtifactRef, Artifacts, GgufArtifact, Progress, Quantization
-
-PROGRESS_MARKER = "GLMOPS_PROGRESS "
-SUPPORTED_VERSION = 1
+from glmops.contract.records import ProgressRecord, ResultRecord
 
 
-def last_progress(log_text: str) -> Progress | None:
-    """The newest well-formed progress report in a log excerpt, as status.progress."""
-    for line in reversed(log_text.splitlines()):
-        index = line.find(PROGRESS_MARKER)
-        if index < 0:
-            continue
-        try:
-            raw = json.loads(line[index + len(PROGRESS_MARKER) :])
-        except json.JSONDecodeError:
-            continue  # a line cut by the log tail; an older one will do
-        if isinstance(raw, dict) and raw.get("v") == SUPPORTED_VERSION:
-            return progress_from_event(raw)
-    return None
-
-
-def progress_from_event(raw: dict[str, Any]) -> Progress:
-    """Map one progress event (camelCase JSON) onto the status model."""
-    step = int(raw.get("step") or 0)
-    total = int(raw.get("totalSteps") or 0)
-    eta = raw.get("etaSeconds")
-    when = raw.get("time")
+def progress_from_record(record: ProgressRecord) -> Progress:
+    """status.progress from a progress record."""
+    total = record.total_steps
     return Progress(
-        step=step,
+        step=record.step,
         total_steps=total,
-        percent=min(100, (100 * step) // total) if total else 0,
-        epoch=raw.get("epoch"),
-        loss=_round(raw.get("loss")),
-        eval_loss=_round(raw.get("evalLoss")),
-        learning_rate=raw.get("learningRate"),
-        tokens_per_second=raw.get("tokensPerSecond"),
-        eta_seconds=int(eta) if isinstance(eta, (int, float)) and eta >= 0 else None,
-        updated_at=datetime.fromtimestamp(when, UTC) if isinstance(when, (int, float)) else None,
+        percent=min(100, (100 * record.step) // total) if total else 0,
+        epoch=None if record.epoch is None else round(record.epoch, 4),
+        loss=_round(record.loss),
+        eval_loss=_round(record.eval_loss),
+        learning_rate=record.learning_rate,
+        tokens_per_second=None if record.tokens_per_second is None else round(record.tokens_per_second, 1),
+        eta_seconds=int(record.eta_seconds) if record.eta_seconds is not None and record.eta_seconds >= 0 else None,
+        updated_at=datetime.fromtimestamp(record.time_unix, UTC) if record.time_unix > 0 else None,
     )
 
 
-def _round(value: object) -> float | None:
-    return round(float(value), 4) if isinstance(value, (int, float)) else None
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def artifacts_from_results(results: Iterable[ResultRecord]) -> Artifacts:
+    """status.artifacts from the results of the run's pods (the trainer's, then the export's, which wins)."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        if result.status == "Succeeded":
+            merged.update(result.artifacts)
+    return artifacts_from_result(merged)
 
 
 def artifacts_from_result(raw: dict[str, Any]) -> Artifacts:
-    """status.artifacts from the `artifacts` object of the trainer's result (docs/trainer.md)."""
+    """status.artifacts from the `artifacts` object of a result (docs/trainer.md)."""
 
     def ref(value: object) -> ArtifactRef | None:
         if isinstance(value, str):
@@ -83,14 +71,3 @@ def artifacts_from_result(raw: dict[str, Any]) -> Artifacts:
         merged=ref(raw.get("merged")),
         gguf=gguf,
     )
-
-
-def parse_result(message: str | None) -> dict[str, Any] | None:
-    """The trainer's result JSON from a container's termination message, if it is one."""
-    if not message:
-        return None
-    try:
-        raw = json.loads(message)
-    except json.JSONDecodeError:
-        return None
-    return raw if isinstance(raw, dict) else None

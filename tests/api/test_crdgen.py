@@ -10,7 +10,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from glmops.api.common import LABEL_VALUE_PATTERN
 from glmops.cli.main import main as glmops_main
+from glmops.contract.uris import MODEL_SCHEMES, pattern_for
 from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,8 +102,15 @@ def test_finetunejob_schema_details() -> None:
     alpha = spec["properties"]["training"]["properties"]["lora"]["properties"]["alpha"]
     assert alpha["minimum"] == 0 and alpha["exclusiveMinimum"] is True
     assert spec["properties"]["training"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
-    assert spec["properties"]["model"]["properties"]["source"]["pattern"].startswith("^(hf|s3|pvc|file)://")
-    assert spec["properties"]["resources"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
+    assert spec["properties"]["model"]["properties"]["source"]["pattern"] == pattern_for(MODEL_SCHEMES)
+    node_selector = spec["properties"]["resources"]["properties"]["nodeSelector"]
+    assert node_selector["additionalProperties"] == {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
+    assert node_selector["x-kubernetes-validations"][0]["rule"].startswith("self.all(k, k.matches(")
+    gpu_product = spec["properties"]["resources"]["properties"]["gpuProduct"]
+    assert (gpu_product["maxLength"], gpu_product["pattern"]) == (63, LABEL_VALUE_PATTERN)  # it becomes a label value
+    toleration = spec["properties"]["resources"]["properties"]["tolerations"]["items"]
+    assert toleration["properties"]["value"]["pattern"] == LABEL_VALUE_PATTERN
+    assert len(toleration["x-kubernetes-validations"]) == 2
     conditions = schema["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert conditions["items"]["properties"]["lastTransitionTime"]["format"] == "date-time"

@@ -250,6 +250,71 @@ def test_a_deployment_names_exactly_one_source(apiext: ApiextServer, source: dic
         _refused_by(response, "spec.source", message_of("ModelDeployment", "spec.source", ONE_SOURCE))
 
 
+# ---- label keys and tolerations: what the apiserver would refuse in a pod, refused at apply time -----
+
+LABEL_KEY_RULE = next(rule for (_kind, path, rule) in crd_rules() if path == "spec.resources.nodeSelector")
+EXISTS_HAS_NO_VALUE = "self.operator != 'Exists' || !has(self.value) || self.value == ''"
+SECONDS_NEED_NO_EXECUTE = "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')"
+# (kind, where the map sits in the spec, the schema path of the rule)
+LABEL_MAPS = [
+    ("FineTuneJob", ("resources", "nodeSelector"), "spec.resources.nodeSelector"),
+    ("FineTuneJob", ("podTemplate", "labels"), "spec.podTemplate.labels"),
+    ("FineTuneJob", ("podTemplate", "annotations"), "spec.podTemplate.annotations"),
+    ("ModelDeployment", ("placement", "nodeSelector"), "spec.placement.nodeSelector"),
+]
+TOLERATIONS = [("FineTuneJob", ("resources", "tolerations")), ("ModelDeployment", ("placement", "tolerations"))]
+
+
+def _with(kind: str, where: tuple[str, str], value: Any) -> tuple[str, dict[str, Any]]:
+    """A new object of `kind` with `value` at spec.WHERE[0].WHERE[1], and the path to create it at."""
+    if kind == "FineTuneJob":
+        body, path = _ftj(), FTJ_PATH
+    else:
+        body, path = _mdep({"fineTuneJob": "payments-coder"}), MDEP_PATH
+    body["spec"].setdefault(where[0], {})[where[1]] = value
+    return path, body
+
+
+@pytest.mark.parametrize(("kind", "where", "rule_path"), LABEL_MAPS, ids=[p for _k, _w, p in LABEL_MAPS])
+def test_keys_that_are_not_label_keys_are_refused(apiext: ApiextServer, kind: str, where: tuple[str, str], rule_path: str) -> None:
+    good = {"team": "payments", "example.com/cost-centre": "ml-42", "A.b_c-1": "x"}
+    path, body = _with(kind, where, good)
+    assert _create(apiext, path, body).status == 201
+    for bad in ("-team", "team/", "Example.com/x", "a/b/c", "x" * 64, "with space"):
+        path, body = _with(kind, where, {bad: "x"})
+        _refused_by(_create(apiext, path, body), rule_path, message_of(kind, rule_path, LABEL_KEY_RULE))
+
+
+@pytest.mark.parametrize(("kind", "where"), TOLERATIONS, ids=[k for k, _w in TOLERATIONS])
+def test_tolerations_a_pod_could_not_carry_are_refused(apiext: ApiextServer, kind: str, where: tuple[str, str]) -> None:
+    rule_path = f"spec.{where[0]}.{where[1]}[*]"
+    accepted = [
+        {"key": "dedicated", "operator": "Exists"},
+        {"key": "dedicated", "operator": "Exists", "value": ""},
+        {"key": "gpu", "operator": "Equal", "value": "h200", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+    ]
+    path, body = _with(kind, where, accepted)
+    assert _create(apiext, path, body).status == 201
+    refused = [
+        ({"key": "dedicated", "operator": "Exists", "value": "gpu"}, EXISTS_HAS_NO_VALUE),
+        ({"key": "spot", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 300}, SECONDS_NEED_NO_EXECUTE),
+        ({"key": "spot", "operator": "Exists", "tolerationSeconds": 300}, SECONDS_NEED_NO_EXECUTE),
+    ]
+    for toleration, rule in refused:
+        path, body = _with(kind, where, [toleration])
+        response = _create(apiext, path, body)
+        assert response.status == 422, response.message
+        assert message_of(kind, rule_path, rule) in response.message, response.message
+
+
+for _kind, _where, _path in LABEL_MAPS:
+    covers(_kind, _path, LABEL_KEY_RULE)(test_keys_that_are_not_label_keys_are_refused)
+for _kind, _where in TOLERATIONS:
+    for _rule in (EXISTS_HAS_NO_VALUE, SECONDS_NEED_NO_EXECUTE):
+        covers(_kind, f"spec.{_where[0]}.{_where[1]}[*]", _rule)(test_tolerations_a_pod_could_not_carry_are_refused)
+
+
 # ---- storage locations the trainer cannot read are refused at apply time (patterns) ----------------
 
 

@@ -19,6 +19,8 @@ def glmops_operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFacto
             "GLMOPS_EXTRA_TRAINER_ENV": "CUDA_VISIBLE_DEVICES=,HF_HUB_OFFLINE=1,OMP_NUM_THREADS=2",
             # Serving pods on CPU: llama-server's threads, beside the test suite.
             "GLMOPS_SERVING_CPU_ONLY_CPUS": "2",
+            # Progress is read from each trainer pod's own IP; read it often in tests.
+            "GLMOPS_PROGRESS_POLL_SECONDS": "2",
         })
     op.start()
     try:

@@ -1,8 +1,10 @@
-"""Schema-valid but semantically wrong FineTuneJobs end Failed with the right reason, and no pod."""
+"""Schema-valid but semantically wrong FineTuneJobs end Failed with the right reason, and no pod;
+a FineTuneJob whose PVC or Secret does not exist yet waits for it instead."""
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -36,22 +38,22 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown-product", {"resources": {"gpuProduct": "NVIDIA-B200"}}, "NotEnoughGpus", "spec.resources"),
     ("l40s-four-gpus", {"resources": {"gpusPerNode": 4, "gpuProduct": "NVIDIA-L40S"}}, "NotEnoughGpus", "spec.resources"),
     ("no-node-has-200g", {"resources": {"gpuMemoryGiB": 200}}, "NotEnoughGpus", "spec.resources"),
-    ("missing-secret", {"model": {"credentialsSecret": "no-such-token"}}, "SecretNotFound", "spec.model.credentialsSecret"),
-    ("missing-model-pvc", {"model": {"source": "pvc://no-such-models/glm"}}, "PersistentVolumeClaimNotFound", "spec.model.source"),
-    ("missing-data-pvc", {"dataset": {"source": "pvc://no-such-data/a.jsonl"}}, "PersistentVolumeClaimNotFound", "spec.dataset.source"),
-    ("missing-output-pvc", {"output": {"destination": "pvc://no-such-out/x"}}, "PersistentVolumeClaimNotFound", "spec.output.destination"),
     ("output-taken", {"output": {"destination": "pvc://outputs/taken"}}, "OutputInUse", "spec.output.destination"),
     ("output-taken-slash", {"output": {"destination": "pvc://outputs/taken/"}}, "OutputInUse", "spec.output.destination"),
     ("two-nodes-old-cluster", {"resources": {"nodes": 2}}, "MultiNodeUnsupported", "spec.resources.nodes"),
     ("flagship-four-nodes", {"model": FLAGSHIP, "resources": {"nodes": 4}}, "MultiNodeUnsupported", "spec.resources.nodes"),
     ("gguf-without-quant", {"output": {"formats": ["adapter", "gguf"], "quantizations": []}}, "InvalidSpec", "spec.output.quantizations"),
-    ("secret-and-pvc", {"model": {"credentialsSecret": "absent", "source": "pvc://absent/m"}}, "SecretNotFound", "spec.model.source"),
+    # A spec error is not waited out, even when a PVC is missing too.
+    ("bad-and-missing-pvc", {"model": {"source": "pvc://absent/m"}, "resources": {"gpuMemoryGiB": 16}}, "GpuMemoryTooSmall", "spec.model.source"),
+    ("kueue-on-1-20", {"queueName": "ml-team"}, "SuspendUnsupported", "spec.queueName"),
+    ("reserved-label", {"podTemplate": {"labels": {"glmops.io/finetunejob": "x"}}}, "LabelReserved", "spec.podTemplate.labels"),
 ]
 
 
 @pytest.fixture
-def prepared_namespace(cluster, namespace: str) -> str:
-    """A namespace with the PVCs, a Secret and a FineTuneJob that owns `pvc://outputs/taken`."""
+def prepared_namespace(cluster, glmops_operator, namespace: str) -> str:
+    """A namespace with the PVCs, a Secret and a FineTuneJob that owns `pvc://outputs/taken` (its
+    trainer exists; its pod matches no node, so it stays Pending)."""
     core = client.CoreV1Api(cluster.api_client())
     for claim in ("models", "datasets", "outputs"):
         core.create_namespaced_persistent_volume_claim(
@@ -59,8 +61,14 @@ def prepared_namespace(cluster, namespace: str) -> str:
             {"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}},
         )
     core.create_namespaced_secret(namespace, {"metadata": {"name": "hf-token"}, "stringData": {"HF_TOKEN": "hf_secret_value"}})
-    owner = _ftj("taken-owner", output={"destination": "pvc://outputs/taken"}, resources={"gpusPerNode": 16})
-    client.CustomObjectsApi(cluster.api_client()).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, owner)
+    owner = _ftj("taken-owner", output={"destination": "pvc://outputs/taken"}, resources={"nodeSelector": {"glmops.io/test-pool": "none"}})
+    custom = client.CustomObjectsApi(cluster.api_client())
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, owner)
+
+    def owns() -> bool:
+        return bool((custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "taken-owner").get("status") or {}).get("trainerJob"))
+
+    wait_for("the owner of pvc://outputs/taken to start", owns, 60, glmops_operator.log_tail)
     return namespace
 
 
@@ -85,8 +93,65 @@ def test_bad_inputs_fail_with_the_right_reason_and_no_pod(cluster, glmops_operat
         assert succeeded["observedGeneration"] == obj["metadata"]["generation"]
         assert "hf_secret_value" not in str(obj)
     assert problems == []
-    assert batch.list_namespaced_job(prepared_namespace).items == []
-    assert core.list_namespaced_pod(prepared_namespace).items == []
+    # Only the owner of pvc://outputs/taken runs: no bad job got a Job or a pod.
+    assert [j.metadata.name for j in batch.list_namespaced_job(prepared_namespace).items] == ["taken-owner-trainer"]
+    assert all(p.metadata.labels["glmops.io/finetunejob"] == "taken-owner" for p in core.list_namespaced_pod(prepared_namespace).items)
     events = core.list_namespaced_event(prepared_namespace).items
     warned = {e.involved_object.name for e in events if e.type == "Warning"}
     assert {name for name, *_ in CASES} <= warned
+    # A job refused before it wrote anything claims no output: a corrected job may use it.
+    custom.create_namespaced_custom_object(GROUP, VERSION, prepared_namespace, PLURAL, _ftj(
+        "after-refused", output={"destination": "pvc://outputs/gpu-mem-small"}, resources={"nodeSelector": {"glmops.io/test-pool": "none"}}))
+    wait_for("the corrected job to start", lambda: (custom.get_namespaced_custom_object(
+        GROUP, VERSION, prepared_namespace, PLURAL, "after-refused").get("status") or {}).get("trainerJob"), 60, glmops_operator.log_tail)
+
+
+WAITING: list[tuple[str, dict[str, Any], str, str]] = [
+    ("missing-secret", {"model": {"credentialsSecret": "late-token"}}, "SecretNotFound", "'late-token'"),
+    ("missing-model-pvc", {"model": {"source": "pvc://late-models/glm"}}, "PersistentVolumeClaimNotFound", "'late-models'"),
+    ("missing-data-pvc", {"dataset": {"source": "pvc://late-data/a.jsonl"}}, "PersistentVolumeClaimNotFound", "'late-data'"),
+    ("missing-output-pvc", {"output": {"destination": "pvc://late-out/x"}}, "PersistentVolumeClaimNotFound", "'late-out'"),
+]
+
+
+def test_a_job_applied_before_its_pvc_and_secret_waits_and_then_runs(cluster, glmops_operator, prepared_namespace: str) -> None:
+    """GitOps applies objects in any order: the job waits (Pending, Validated=False naming the
+    object), and goes on by itself once the object exists."""
+    api = cluster.api_client()
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    for name, overrides, _, _ in WAITING:
+        overrides = {**copy.deepcopy(overrides), "resources": {"nodeSelector": {"glmops.io/test-pool": "none"}}}
+        custom.create_namespaced_custom_object(GROUP, VERSION, prepared_namespace, PLURAL, _ftj(name, **overrides))
+
+    def status(name: str) -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, prepared_namespace, PLURAL, name).get("status") or {})
+
+    def all_waiting() -> bool:
+        return all(
+            any(c["type"] == "Validated" and c["status"] == "False" and c["reason"] == reason for c in status(n).get("conditions", []))
+            for n, _, reason, _ in WAITING
+        )
+
+    wait_for("every job to wait for its missing object", all_waiting, 120, glmops_operator.log_tail)
+    for name, _, reason, missing in WAITING:
+        current = status(name)
+        validated = next(c for c in current["conditions"] if c["type"] == "Validated")
+        assert current["phase"] == "Pending" and missing in validated["message"] and "trainerJob" not in current
+    time.sleep(5)  # still waiting, not failed, after a few backoff rounds
+    assert {status(n)["phase"] for n, *_ in WAITING} == {"Pending"}
+
+    for claim in ("late-models", "late-data", "late-out"):
+        core.create_namespaced_persistent_volume_claim(
+            prepared_namespace,
+            {"metadata": {"name": claim}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}},
+        )
+    core.create_namespaced_secret(prepared_namespace, {"metadata": {"name": "late-token"}, "stringData": {"HF_TOKEN": "hf_late_value"}})
+
+    def all_admitted() -> bool:
+        return all(status(n).get("trainerJob") for n, *_ in WAITING)
+
+    wait_for("every job to go on once its object exists", all_admitted, 120, glmops_operator.log_tail)
+    for name, *_ in WAITING:
+        validated = next(c for c in status(name)["conditions"] if c["type"] == "Validated")
+        assert (validated["status"], validated["reason"]) == ("True", "SpecValid")
+        assert "hf_late_value" not in str(status(name))

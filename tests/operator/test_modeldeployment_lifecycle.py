@@ -146,7 +146,6 @@ def test_connect_prints_settings_from_a_real_status(cluster: Any, glmops_operato
 def test_status_writes_are_conditional_on_the_version_read(cluster: Any, glmops_operator: Any, namespace: str) -> None:
     """A writer that computed status from an older read loses (409) instead of undoing a newer status."""
     import pytest
-    from kubernetes.client.exceptions import ApiException
 
     from glmops import kube
 
@@ -160,10 +159,9 @@ def test_status_writes_are_conditional_on_the_version_read(cluster: Any, glmops_
     )
     api = cluster.api_client()
     read = mdep(cluster, namespace, "cas")["metadata"]["resourceVersion"]
-    kube.patch_custom_status_if(api, MDEP, namespace, "cas", {"ready": "written"}, read)
-    with pytest.raises(ApiException) as stale:
-        kube.patch_custom_status_if(api, MDEP, namespace, "cas", {"ready": "stale"}, read)
-    assert stale.value.status == 409
+    kube.patch_custom_status(api, MDEP, namespace, "cas", {"ready": "written"}, resource_version=read)
+    with pytest.raises(kube.ConflictError):
+        kube.patch_custom_status(api, MDEP, namespace, "cas", {"ready": "stale"}, resource_version=read)
     assert mdep(cluster, namespace, "cas")["status"]["ready"] == "written"
 
 

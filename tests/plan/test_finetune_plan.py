@@ -193,7 +193,7 @@ def test_multi_node_on_an_old_cluster_is_refused_with_a_reason() -> None:
     [
         _spec(),
         _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}),
-        _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7"}, resources={"nodes": 4}),
+        _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7"}, resources={"nodes": 2}),
         _spec(resources={"gpuProduct": "NVIDIA-H200", "tolerations": [{"operator": "Exists"}]}),
     ],
     ids=["flash", "flagship", "flagship-multinode", "tolerations"],
@@ -243,3 +243,108 @@ def test_golden(case: str) -> None:
     if os.environ.get("GLMOPS_UPDATE_GOLDEN"):
         expected_file.write_text(rendered)
     assert rendered == expected_file.read_text(), "set GLMOPS_UPDATE_GOLDEN=1 to regenerate after a deliberate change"
+
+
+# --- item-by-item behaviour: resources, placement, queues, pod template --------------------------
+
+
+def test_each_multi_node_pod_asks_for_its_own_gpus_cpu_and_memory() -> None:
+    settings = Settings(cpu_per_gpu="500m", memory_per_gpu="1.5Gi")
+    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 2, "gpusPerNode": 8})
+    plan = plan_finetune(META, spec, FACTS, settings)
+    job = {o["kind"]: o for o in plan.objects}["Job"]
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    # Per pod (= per node), not per job: 8 GPUs, 8 x 500m CPU, 8 x 1.5Gi memory.
+    assert resources["requests"] == {"cpu": "4", "memory": "12Gi", "nvidia.com/gpu": "8"}
+    assert resources["limits"] == {"memory": "12Gi", "nvidia.com/gpu": "8"}
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == 2
+
+
+@pytest.mark.parametrize("retries", [0, 1, 5])
+def test_backoff_limit_is_max_retries(retries: int) -> None:
+    job = _objects(_spec(failurePolicy={"maxRetries": retries}))["Job"]
+    assert job["spec"]["backoffLimit"] == retries
+
+
+def test_gpu_memory_affinity_matches_a_node_with_exactly_the_minimum() -> None:
+    job = _objects(_spec(resources={"gpuMemoryGiB": 48}))["Job"]
+    terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expr = next(e for e in terms["nodeSelectorTerms"][0]["matchExpressions"] if e["key"] == GPU_MEMORY_LABEL)
+    assert _match(expr, {GPU_MEMORY_LABEL: str(48 * 1024)})  # exactly the minimum: placed
+    assert not _match(expr, {GPU_MEMORY_LABEL: str(48 * 1024 - 1)})  # one MiB less: not
+
+
+def test_multi_node_needs_that_many_distinct_fitting_nodes() -> None:
+    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 3, "gpuProduct": "NVIDIA-H200"})
+    one_h200 = ClusterFacts(secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=(GpuNode("a", 8, 143771, "NVIDIA-H200"),))
+    plan = plan_finetune(META, spec, one_h200, SETTINGS)
+    assert [p.reason for p in plan.problems] == [Reason.not_enough_gpus]
+    assert "only 1 of the 3 nodes needed" in plan.problems[0].message
+    three = tuple(GpuNode(n, 8, 143771, "NVIDIA-H200") for n in "abc")
+    assert plan_finetune(META, spec, ClusterFacts(secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=three), SETTINGS).problems == ()
+
+
+def test_advisory_placement_creates_the_job_and_reports_the_doubt() -> None:
+    spec = _spec(resources={"gpuProduct": "NVIDIA-B200"})
+    strict = plan_finetune(META, spec, FACTS, SETTINGS)
+    assert [p.reason for p in strict.problems] == [Reason.not_enough_gpus] and strict.objects == ()
+    advisory = plan_finetune(META, spec, FACTS, Settings(placement_check="advisory"))
+    assert advisory.problems == () and [o["kind"] for o in advisory.objects] == ["Job"]
+    assert [p.reason for p in advisory.advisories] == [Reason.not_enough_gpus]
+    # Problems of the spec itself are never advisory.
+    too_small = plan_finetune(META, _spec(resources={"gpuMemoryGiB": 16}), FACTS, Settings(placement_check="advisory"))
+    assert [p.reason for p in too_small.problems] == [Reason.gpu_memory_too_small]
+
+
+def test_a_kueue_queue_name_labels_the_job_and_creates_it_suspended() -> None:
+    job = _objects(_spec(queueName="ml-team"))["Job"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "ml-team" and job["spec"]["suspend"] is True
+    assert "suspend" not in _objects(_spec())["Job"]["spec"]
+    old = ClusterFacts(server_minor=20, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES)
+    plan = plan_finetune(META, _spec(queueName="ml-team"), old, SETTINGS)
+    assert [(p.reason, p.field) for p in plan.problems] == [(Reason.suspend_unsupported, "spec.queueName")]
+
+
+def test_the_pod_template_hook_reaches_the_pods_and_never_overrides_ours() -> None:
+    spec = _spec(podTemplate={
+        "priorityClassName": "training-low",
+        "serviceAccountName": "ml-runner",
+        "imagePullSecrets": ["registry-creds"],
+        "labels": {"cost-centre": "ml-42"},
+        "annotations": {"sidecar.istio.io/inject": "false"},
+    })
+    job = _objects(spec)["Job"]
+    template = job["spec"]["template"]
+    pod = template["spec"]
+    assert pod["priorityClassName"] == "training-low" and pod["serviceAccountName"] == "ml-runner"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}] and pod["automountServiceAccountToken"] is False
+    assert template["metadata"]["labels"]["cost-centre"] == "ml-42"
+    assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert "glmops.io/trainer-config" in template["metadata"]["annotations"]
+    kubernetes_validate.validate({**job, "metadata": {**job["metadata"], "ownerReferences": []}}, "1.37.0", strict=True)
+    reserved = plan_finetune(META, _spec(podTemplate={"labels": {"glmops.io/finetunejob": "other"}}), FACTS, SETTINGS)
+    assert [p.reason for p in reserved.problems] == [Reason.label_reserved]
+    assert "spec.podTemplate.labels['glmops.io/finetunejob']" in str(reserved.problems[0])
+
+
+def test_map_keys_the_crd_checks_only_with_cel_are_checked_by_the_planner() -> None:
+    plan = plan_finetune(META, _spec(resources={"nodeSelector": {"bad key!": "x"}}), FACTS, SETTINGS)
+    assert [p.field for p in plan.problems] == ["spec.resources.nodeSelector['bad key!']"]
+
+
+def test_missing_pvcs_and_secrets_wait_while_other_problems_fail() -> None:
+    bare = ClusterFacts(gpu_nodes=NODES)
+    waiting = plan_finetune(META, _spec(), bare, SETTINGS)
+    assert {p.reason for p in waiting.problems} == {Reason.pvc_not_found, Reason.secret_not_found} and waiting.waiting
+    mixed = plan_finetune(META, _spec(resources={"gpuMemoryGiB": 16}), bare, SETTINGS)
+    assert not mixed.waiting  # a spec error is never waited out
+
+
+def test_the_trainer_serves_progress_on_the_pod_ip_at_the_planned_port() -> None:
+    settings = Settings(trainer_metrics_port=19464)
+    plan = plan_finetune(META, _spec(), FACTS, settings)
+    job = {o["kind"]: o for o in plan.objects}["Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 19464} in container["ports"]
+    assert {"name": "GLMOPS_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
+    assert TrainerConfig.model_validate(plan.trainer_config).runtime.metrics_port == 19464

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from serving_support import SHA, facts, ftj, plan, spec
 
 from glmops.api.modeldeployment import ArtifactKind
@@ -68,7 +69,6 @@ REFUSALS: list[tuple[str, dict[str, Any], list[dict[str, Any]] | None, str, str,
     ("duplicate-names", {"runtime": "vllm", "source": {"artifact": "adapter"}, "adapters": [{"fineTuneJob": "b", "servedModelName": "coder"}]}, [ftj(), ftj("b")], "DuplicateModelName", "spec.adapters[0].servedModelName", "own name"),
     ("adapter-base-on-s3", {"runtime": "vllm", "source": {"artifact": "adapter"}}, [ftj(base="s3://bucket/glm-4.7-flash")], "UriNotServable", "spec.source.fineTuneJob", "pvc://"),
     ("uri-on-s3", {"source": {"fineTuneJob": None, "uri": "s3://models/glm-4.7-flash-Q4_K_M.gguf", "variant": "flash"}}, [], "UriNotServable", "spec.source.uri", "PersistentVolumeClaim"),
-    ("uri-hub-without-repo", {"source": {"fineTuneJob": None, "uri": "hf://GLM-4.7-Flash", "variant": "flash"}}, [], "UriNotServable", "spec.source.uri", "ORG/NAME"),
     ("hub-repo-on-llamacpp", {"source": {"fineTuneJob": None, "uri": "hf://unsloth/GLM-4.7-Flash-GGUF", "variant": "flash"}}, [], "ArtifactRuntimeMismatch", "spec.source.uri", ".gguf"),
     ("token-without-hub", {"source": {"credentialsSecret": "hf-token"}}, None, "InvalidSpec", "spec.source.credentialsSecret", "hf://"),
     ("uri-without-variant", {"source": {"fineTuneJob": None, "uri": "pvc://models/coder.gguf"}}, [], "VariantRequired", "spec.source.variant", "flash"),
@@ -100,6 +100,12 @@ def test_what_cannot_work_is_refused_with_the_field_and_the_fix(
     matching = [p for p in result.problems if p.reason == reason and p.field == field]
     assert matching, f"{case}: {result.problems} {result.waits}"
     assert fix in matching[0].message, matching[0].message
+
+
+def test_a_hub_uri_without_a_repository_is_refused_by_the_schema() -> None:
+    """`hf://NAME` (no ORG/) never reaches the planner: the CRD's URI pattern refuses it at apply time."""
+    with pytest.raises(ValidationError, match="source.uri"):
+        spec(source={"fineTuneJob": None, "uri": "hf://GLM-4.7-Flash", "variant": "flash"})
 
 
 def test_the_refusals_are_many_and_distinct() -> None:

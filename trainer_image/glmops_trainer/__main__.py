@@ -26,6 +26,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
+EXPORT_RESULT_FILE = "export-result.json"
 
 
 @dataclass(frozen=True)
@@ -135,25 +136,56 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    """Export a trained adapter as the config's output formats; prints the manifest's location."""
-    from glmops_trainer.config import TrainerConfig
-    from glmops_trainer.export import run_export
+    """Export a trained adapter as the config's output formats; prints the manifest's location.
+
+    The result (artifacts, or why it failed) goes to `runtime.result_file`, the export pod's
+    termination message, where the operator reads it, and to `<out>/export-result.json`. An
+    s3:// output is staged in a local mirror (the adapter comes down first); its result is
+    written only after the artifacts and the manifest are uploaded.
+    """
+    from glmops_trainer.config import RuntimeConfig, TrainerConfig
+    from glmops_trainer.export.pipeline import artifact_summary, run_export
+    from glmops_trainer.locations import local_location
+    from glmops_trainer.progress import TrainResult, write_result
     from glmops_trainer.staging import staged
     from glmops_trainer.storage import StorageError
 
+    _configure_logging()
+    result_file = Path(RuntimeConfig().result_file)
+    out: Path | None = None
     try:
         config = TrainerConfig.from_file(args.config)
+        result_file = Path(config.runtime.result_file)
         with staged(config) as run:
-            manifest = run_export(run.config, args.adapter)
-            run.publish_outputs()
+            local = run.config
+            out = local_location(local.output.destination, local.runtime.pvc_mount_root, "output.destination")
+            manifest = run_export(local, args.adapter)
+            result = TrainResult(
+                status="Succeeded",
+                output_uri=local.output.destination,
+                artifacts=artifact_summary(manifest, local.output.destination),
+            )
+            if run.output is None:
+                write_result(result, result_file, out, file_name=EXPORT_RESULT_FILE)
+            else:
+                run.publish(result)  # uploads, then writes the result with the bucket's URIs
     except StorageError as exc:
+        # A missing object or refused access is the spec's to fix; a network failure may pass.
+        reason = "StorageError" if exc.transient else "ConfigError"
+        code = EXIT_FAILURE if exc.transient else EXIT_USER_ERROR
+        message = str(exc)
+        print(f"glmops-trainer: export error: {message}", file=sys.stderr)
+    except ValueError as exc:  # config, adapter and base-model errors name the file and the fix
         print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE if exc.transient else EXIT_USER_ERROR
-    except (OSError, ValueError) as exc:  # config, adapter and base-model errors name the file and the fix
-        print(f"glmops-trainer: export error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(f"exported {len(manifest['artifacts'])} files; manifest: {config.output.destination.rstrip('/')}/artifacts.json")
-    return EXIT_OK
+        reason, code, message = "ConfigError", EXIT_USER_ERROR, str(exc)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: report, then exit non-zero
+        traceback.print_exc()
+        reason, code, message = "ExportError", EXIT_FAILURE, f"{type(exc).__name__}: {exc}"
+    else:
+        print(f"exported {len(manifest['artifacts'])} files; manifest: {config.output.destination.rstrip('/')}/artifacts.json")
+        return EXIT_OK
+    write_result(TrainResult(status="Failed", reason=reason, message=message), result_file, out, file_name=EXPORT_RESULT_FILE)
+    return code
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {

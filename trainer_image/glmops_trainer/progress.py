@@ -1,80 +1,126 @@
-"""Progress events on stdout, their history in `progress.jsonl`, and the final result.
+"""Progress: served as metrics for the operator, printed for people, kept in `progress.jsonl`.
 
-The operator follows the pod log and needs no other channel (the trainer pod has no Kubernetes
-API access): every progress line is the marker `GLMOPS_PROGRESS`, one space, and a JSON object
-on one line. Lines are throttled to one per `runtime.progress_interval_seconds` plus a final one;
-`progress.jsonl` receives every event unthrottled so the loss curve survives restarts. The final
-result goes to `runtime.result_file` (Kubernetes shows `/dev/termination-log` as the container's
-`terminated.message`, at most 4096 bytes) and to `<out>/result.json`. The wire format is
-documented in docs/trainer.md; the operator has its own parser and a contract test keeps both in
-step.
+The records themselves are defined once, in `glmops.contract.records` (shared with the operator,
+torch-free). While it trains, rank 0 serves the newest record at `GET /metrics` on the pod's IP
+(`MetricsServer`, port `runtime.metrics_port`), which the operator and any Prometheus read. The
+log gets a human-readable `GLMOPS_PROGRESS {json}` line at most every
+`runtime.progress_interval_seconds` (the operator never reads the log: a line there, whatever it
+says, changes no status). `progress.jsonl` receives every record unthrottled, so the loss curve
+survives restarts. The final result goes to `runtime.result_file` (Kubernetes shows
+`/dev/termination-log` as the container's `terminated.message`, at most 4096 bytes) and to
+`<out>/result.json`. The formats are documented in docs/trainer.md.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from glmops.contract.config import METRICS_PATH
+from glmops.contract.records import (
+    RESULT_LIMIT_BYTES,
+    SCHEMA_VERSION,
+    ProgressRecord,
+    ResultRecord,
+    fit_result,
+    render_metrics,
+)
+
+log = logging.getLogger(__name__)
+
 PROGRESS_MARKER = "GLMOPS_PROGRESS"
-"""Prefix of every progress line on stdout, followed by one space and a JSON object."""
-PROGRESS_FORMAT_VERSION = 1
-"""Value of the `v` key of progress lines and results; bumped on incompatible changes."""
-RESULT_LIMIT_BYTES = 4096
-"""Kubernetes truncates a termination message beyond this size."""
+"""Prefix of the human-readable progress lines in the log, followed by one space and a JSON object."""
+PROGRESS_FORMAT_VERSION = SCHEMA_VERSION
+ProgressEvent = ProgressRecord
+"""One progress report (the contract's record)."""
+TrainResult = ResultRecord
+"""What a run produced (the contract's record)."""
+
+__all__ = [
+    "RESULT_LIMIT_BYTES",
+    "MetricsServer",
+    "ProgressCallback",
+    "ProgressEvent",
+    "ProgressReporter",
+    "TrainResult",
+    "fit_result",
+    "format_progress_line",
+    "read_loss_history",
+    "write_result",
+]
 
 
-def _finite(value: float | None) -> float | None:
-    # JSON has no NaN/Infinity; a diverged loss is reported as null rather than breaking the parser.
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
+class MetricsServer:
+    """Serves the newest progress record at `/metrics` (Prometheus text format) from a daemon thread.
 
+    Read-only and without secrets: the page holds the job's identity and its progress numbers.
+    A port that cannot be bound (taken) is logged and skipped: training never fails for it.
+    """
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One progress report: where training is, how it goes, and how long it will take."""
+    def __init__(self, address: str, port: int, job: str, namespace: str, uid: str) -> None:
+        self._record: ProgressRecord | None = None
+        self._lock = threading.Lock()
+        self._identity = (job, namespace, uid)
+        self._server: ThreadingHTTPServer | None = None
+        self.address, self.port = address, port
 
-    step: int
-    total_steps: int
-    epoch: float | None = None
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
-    time_unix: float = field(default_factory=time.time)
-    kind: str = "train"
-    """`train` (after an optimizer step's log), `eval` (after an evaluation) or `final` (training ended)."""
+    def update(self, record: ProgressRecord) -> None:
+        """Serve `record` from now on."""
+        with self._lock:
+            self._record = record
 
-    @property
-    def final(self) -> bool:
-        """Whether this is the last event of the run."""
-        return self.kind == "final"
+    def page(self) -> str:
+        """The current metrics page."""
+        with self._lock:
+            record = self._record
+        return render_metrics(record, *self._identity)
 
-    def to_json(self) -> dict[str, Any]:
-        """The event as the JSON object of the wire format (camelCase keys, every key present)."""
-        eta = _finite(self.eta_seconds)
-        return {
-            "v": PROGRESS_FORMAT_VERSION,
-            "step": self.step,
-            "totalSteps": self.total_steps,
-            "epoch": None if self.epoch is None else round(self.epoch, 4),
-            "loss": _finite(self.loss),
-            "evalLoss": _finite(self.eval_loss),
-            "learningRate": _finite(self.learning_rate),
-            "tokensPerSecond": None if self.tokens_per_second is None else round(self.tokens_per_second, 1),
-            "etaSeconds": None if eta is None else round(eta),
-            "time": round(self.time_unix, 3),
-            "kind": self.kind,
-        }
+    def start(self) -> bool:
+        """Bind and serve in the background; returns whether the endpoint is up."""
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != METRICS_PATH:
+                    self.send_error(404)
+                    return
+                body = owner.page().encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every few seconds is not news for the pod log
+
+        try:
+            self._server = ThreadingHTTPServer((self.address, self.port), Handler)
+        except OSError as exc:
+            log.warning("progress endpoint %s:%d not served: %s", self.address, self.port, exc)
+            return False
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="glmops-metrics", daemon=True).start()
+        log.info("progress endpoint: http://%s:%d%s", self.address, self.port, METRICS_PATH)
+        return True
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
 
 def format_progress_line(event: ProgressEvent) -> str:
@@ -108,13 +154,17 @@ class ProgressReporter:
         history_file: Path | None,
         stream: IO[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.throttle = Throttle(interval_seconds, clock)
         self.history_file = history_file
         self._stream = stream
+        self.metrics = metrics
 
     def report(self, event: ProgressEvent, force: bool = False) -> bool:
         """Record `event`; returns whether a line went to the stream."""
+        if self.metrics is not None:
+            self.metrics.update(event)
         if self.history_file is not None:
             self.history_file.parent.mkdir(parents=True, exist_ok=True)
             with self.history_file.open("a", encoding="utf-8") as handle:
@@ -250,77 +300,16 @@ class ProgressCallback(TrainerCallback):
         self.reporter.report(self.last_event, force=True)
 
 
-@dataclass
-class TrainResult:
-    """What a run produced; written as JSON to the result file and `<out>/result.json`."""
-
-    status: str
-    """`Succeeded` or `Failed`."""
-    reason: str = ""
-    """On failure: `ConfigError`, `DataError` (the user's to fix) or `TrainingError`."""
-    message: str = ""
-    """On failure: what went wrong, naming the field or file:line."""
-    step: int = 0
-    total_steps: int = 0
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    tokens_per_second: float | None = None
-    runtime_seconds: float | None = None
-    resumed_from_step: int | None = None
-    output_uri: str = ""
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    """Artifact name -> URI (adapter) or what the export step reported (merged, gguf)."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as the JSON object of the wire format (camelCase keys)."""
-        return {
-            "v": PROGRESS_FORMAT_VERSION,
-            "status": self.status,
-            "reason": self.reason,
-            "message": self.message,
-            "step": self.step,
-            "totalSteps": self.total_steps,
-            "trainLoss": _finite(self.train_loss),
-            "evalLoss": _finite(self.eval_loss),
-            "tokensPerSecond": None if self.tokens_per_second is None else round(self.tokens_per_second, 1),
-            "runtimeSeconds": None if self.runtime_seconds is None else round(self.runtime_seconds, 1),
-            "resumedFromStep": self.resumed_from_step,
-            "outputUri": self.output_uri,
-            "artifacts": self.artifacts,
-        }
-
-
-def fit_result(payload: dict[str, Any], limit_bytes: int = RESULT_LIMIT_BYTES) -> str:
-    """`payload` as compact JSON of at most `limit_bytes`: drops artifact details, then the start of the message."""
-
-    def dumps(obj: dict[str, Any]) -> str:
-        return json.dumps(obj, separators=(",", ":"))
-
-    text = dumps(payload)
-    if len(text) <= limit_bytes:  # ensure_ascii: characters are bytes
-        return text
-    slim = dict(payload)
-    if slim.get("artifacts"):
-        # The full list stays in <out>/result.json (and artifacts.json).
-        slim["artifacts"] = {"truncated": True}
-    message = str(slim.get("message", ""))
-    text = dumps(slim)
-    while len(text) > limit_bytes and message:
-        # Keep the end of the message: the last lines of an error say what failed.
-        message = message[len(message) // 8 + 1 :]
-        slim["message"] = "..." + message if message else ""
-        text = dumps(slim)
-    return text
-
-
-def write_result(result: TrainResult, result_file: Path | None, output_dir: Path | None) -> None:
-    """Write `result` in full to `<output_dir>/result.json` and, within 4 KiB, to `result_file`."""
+def write_result(
+    result: TrainResult, result_file: Path | None, output_dir: Path | None, file_name: str = "result.json"
+) -> None:
+    """Write `result` in full to `<output_dir>/<file_name>` and, within 4 KiB, to `result_file`."""
     payload = result.to_json()
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = output_dir / "result.json.tmp"
+        tmp = output_dir / f"{file_name}.tmp"
         tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(output_dir / "result.json")
+        tmp.replace(output_dir / file_name)
     if result_file is not None and not result_file.exists() and result_file.parent == Path("/dev"):
         # /dev/termination-log exists only inside a Kubernetes container; never create files in /dev.
         result_file = None

@@ -5,18 +5,19 @@
 `main(config)` reads top to bottom: resolve the sources, load the tokenizer, prepare the data
 (validated before any model is loaded, so a bad dataset fails in seconds), load the base model
 (NF4 for QLoRA), attach LoRA, train with transformers' `Trainer` on packed rows, save the adapter,
-export what `output.formats` asks for, draw the loss curve and write the result. Output layout
-under `output.destination`:
+draw the loss curve and write the result. The pod then ends and frees its GPUs: merged weights and
+GGUF files are the export's work (`python -m glmops_trainer export`, its own CPU-only Job under the
+operator). Output layout under `output.destination`:
 
     checkpoints/checkpoint-<step>/   resumable checkpoints (COMPLETE marker written last)
     adapter/                         the trained LoRA adapter (peft format) and the tokenizer
     progress.jsonl                   every progress event, across restarts
     loss_curve.png                   train/eval loss against the step
     result.json                      the final result (also written to runtime.result_file)
-    merged/, gguf/, artifacts.json   from the export step, when asked for
+    merged/, gguf/, artifacts.json   from the export, afterwards
 
-Under torchrun every rank runs this same function; only rank 0 writes progress, checkpoint
-markers, the plot, the export and the result.
+Under torchrun every rank runs this same function; only rank 0 serves and writes progress,
+checkpoint markers, the plot and the result.
 """
 
 from __future__ import annotations
@@ -42,19 +43,22 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TqdmCallback
 
+from glmops.contract.config import POD_IP_ENV
 from glmops_trainer.checkpoints import (
     CheckpointMarkerCallback,
     find_resumable_checkpoint,
     remove_unusable_checkpoints,
 )
-from glmops_trainer.config import OutputFormat, TrainerConfig
+from glmops_trainer.config import TrainerConfig
 from glmops_trainer.data import DataValidationError, PreparedData, prepare_dataset
+from glmops_trainer.locations import ADAPTER_DIR, MODEL_CACHE_DIR, LocationError, local_location
 from glmops_trainer.model.load import ArchitectureError, load_base_model
 from glmops_trainer.model.sources import ModelSourceError, parse_model_source, resolve_model_source
 from glmops_trainer.model.targets import LoraTargetError, apply_lora
 from glmops_trainer.packed_attention import register_packed_attention
 from glmops_trainer.plot import plot_loss_curve
 from glmops_trainer.progress import (
+    MetricsServer,
     ProgressCallback,
     ProgressReporter,
     TrainResult,
@@ -65,11 +69,9 @@ from glmops_trainer.progress import (
 log = logging.getLogger("glmops_trainer")
 
 CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
 PROGRESS_FILE = "progress.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
-MODEL_CACHE_DIR = ".model-cache"
-"""Under the output folder: hf:// and s3:// models are fetched here, so a restarted pod finds them again."""
+__all__ = ["ADAPTER_DIR", "MODEL_CACHE_DIR", "local_location", "main"]
 
 
 class ConfigError(ValueError):
@@ -78,6 +80,7 @@ class ConfigError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
+    LocationError,
     ValidationError,
     DataValidationError,
     ModelSourceError,
@@ -100,28 +103,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def local_location(uri: str, pvc_mount_root: str, field: str) -> Path:
-    """The pod-local path of a file:// or pvc:// URI; other schemes raise ConfigError naming `field`."""
-    if uri.startswith("file://"):
-        path = uri[len("file://") :]
-        if not path.startswith("/"):
-            raise ConfigError(f"{field}: {uri!r} must be absolute: file:///PATH (three slashes)")
-        return Path(path)
-    if uri.startswith("pvc://"):
-        claim_and_path = uri[len("pvc://") :].strip("/")
-        if not claim_and_path or ".." in Path(claim_and_path).parts:
-            raise ConfigError(f"{field}: {uri!r} must be pvc://CLAIM/PATH without '..'")
-        return Path(pvc_mount_root) / claim_and_path
-    raise ConfigError(
-        f"{field}: {uri!r}: only file:// and pvc:// are supported here; copy the data to a PVC and use pvc://CLAIM/PATH"
-    )
-
-
 def local_output_dir(config: TrainerConfig) -> Path | None:
     """The local output folder of `config`, or None when the destination is not a local location."""
     try:
         return local_location(config.output.destination, config.runtime.pvc_mount_root, "output.destination")
-    except ConfigError:
+    except LocationError:
         return None
 
 
@@ -156,7 +142,7 @@ def resolve_sources(config: TrainerConfig) -> Sources:
 
 
 def check_semantics(config: TrainerConfig) -> None:
-    """Reject config values the schema cannot check (scheduler names, export without the exporter)."""
+    """Reject config values the schema cannot check (scheduler names)."""
     try:
         SchedulerType(config.training.lr_scheduler)
     except ValueError:
@@ -164,14 +150,6 @@ def check_semantics(config: TrainerConfig) -> None:
         raise ConfigError(
             f"training.lr_scheduler: {config.training.lr_scheduler!r} is not a transformers scheduler; use one of {names}"
         ) from None
-    if set(config.output.formats) - {OutputFormat.adapter}:
-        try:
-            import glmops_trainer.export  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError(
-                f"output.formats: {[f.value for f in config.output.formats]} needs the export step, which this "
-                f"trainer image lacks ({exc}); ask for [adapter] only or use an image with glmops_trainer.export"
-            ) from None
 
 
 # ---- tokens ------------------------------------------------------------------------------------
@@ -330,15 +308,24 @@ def save_adapter(trainer: Trainer, adapter_dir: Path) -> Path:
     return adapter_dir
 
 
-def export_artifacts(config: TrainerConfig, model_dir: Path, adapter_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """Run the export step for `config.output.formats`; {} when only the adapter is asked for and no exporter exists."""
-    try:
-        from glmops_trainer.export.pipeline import export_artifacts as run_export_step
-    except ImportError:
-        if set(config.output.formats) - {OutputFormat.adapter}:
-            raise  # check_semantics reported this before training; reaching here is a broken image
-        return {}
-    return run_export_step(config, model_dir, adapter_dir, output_dir)
+def model_file_sizes(model_dir: Path) -> tuple[int, int]:
+    """Total and largest size in bytes of a model's weight files (the export Job is sized from them)."""
+    sizes = [p.stat().st_size for p in model_dir.glob("*.safetensors")]
+    return sum(sizes), max(sizes, default=0)
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under `path`."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def start_progress_endpoint(config: TrainerConfig) -> MetricsServer | None:
+    """The progress endpoint on the pod's IP (rank 0 only; none when the config sets no port)."""
+    if not config.runtime.metrics_port or not is_main_process():
+        return None
+    address = os.environ.get(POD_IP_ENV) or "127.0.0.1"
+    server = MetricsServer(address, config.runtime.metrics_port, config.job.name, config.job.namespace, config.job.uid)
+    return server if server.start() else None
 
 
 def main(config: TrainerConfig) -> TrainResult:
@@ -387,9 +374,10 @@ def main(config: TrainerConfig) -> TrainResult:
     if resume is not None:
         log.info("resuming from %s (step %d)", resume.path, resume.step)
 
-    # 5. Train.
+    # 5. Train, serving progress at /metrics on the pod's IP.
+    endpoint = start_progress_endpoint(config)
     reporter = ProgressReporter(
-        config.runtime.progress_interval_seconds, out / PROGRESS_FILE if main_process else None
+        config.runtime.progress_interval_seconds, out / PROGRESS_FILE if main_process else None, metrics=endpoint
     )
     progress = ProgressCallback(reporter)
     trainer = PackedTrainer(
@@ -407,9 +395,10 @@ def main(config: TrainerConfig) -> TrainResult:
     trainer.remove_callback(TqdmCallback)
     trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
 
-    # 6. Adapter, artifacts, loss curve, result.
+    # 6. Adapter, loss curve, result. The export runs afterwards, in its own CPU-only pod.
     adapter_dir = save_adapter(trainer, out / ADAPTER_DIR)
     final = progress.last_event
+    model_bytes, largest_shard_bytes = model_file_sizes(sources.model_dir)
     result = TrainResult(
         status="Succeeded",
         step=trainer.state.global_step,
@@ -420,36 +409,22 @@ def main(config: TrainerConfig) -> TrainResult:
         resumed_from_step=resume.step if resume is not None else None,
         output_uri=config.output.destination,
         artifacts={"adapter": _join_uri(config.output.destination, ADAPTER_DIR)},
+        model_bytes=model_bytes,
+        largest_shard_bytes=largest_shard_bytes,
     )
     if not main_process:
         return result
-    manifest = export_artifacts(config, sources.model_dir, adapter_dir, out)
-    if manifest:
-        result.artifacts["manifest"] = _join_uri(config.output.destination, "artifacts.json")
-        result.artifacts.update(_artifact_summary(manifest, config.output.destination))
+    result.adapter_bytes = directory_bytes(adapter_dir)
     history = read_loss_history(out / PROGRESS_FILE)
     if history.train:
         plot_loss_curve(history, out / LOSS_CURVE_FILE, title=config.job.name)
         result.artifacts["lossCurve"] = _join_uri(config.output.destination, LOSS_CURVE_FILE)
     result.runtime_seconds = time.monotonic() - started
     write_result(result, Path(config.runtime.result_file), out)
+    if endpoint is not None:
+        endpoint.stop()
     return result
 
 
 def _join_uri(base: str, relative: str) -> str:
     return base.rstrip("/") + "/" + relative
-
-
-def _artifact_summary(manifest: dict[str, Any], destination: str) -> dict[str, Any]:
-    """The export manifest in the shape of FineTuneJob status.artifacts (merged folder, one entry per GGUF)."""
-    summary: dict[str, Any] = {}
-    for artifact in manifest.get("artifacts", []):
-        if not isinstance(artifact, dict):
-            continue
-        if artifact.get("format") == "merged":
-            summary["merged"] = _join_uri(destination, "merged")
-        elif artifact.get("format") == "gguf":
-            summary.setdefault("gguf", []).append(
-                {k: artifact.get(k) for k in ("quantization", "uri", "sizeBytes", "sha256")}
-            )
-    return summary

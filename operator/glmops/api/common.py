@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from glmops.contract.uris import (
+    DATA_SCHEMES,
+    MAX_URI_LENGTH,
+    MODEL_SCHEMES,
+    OUTPUT_SCHEMES,
+    Scheme,
+    pattern_for,
+)
 
 GROUP = "glmops.io"
 VERSION = "v1alpha1"
@@ -40,21 +49,15 @@ class StatusModel(WireModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def uri_pattern(*schemes: str) -> str:
-    """An RE2-compatible pattern that accepts `scheme://rest` for the given schemes."""
-    return "^(" + "|".join(schemes) + ")://[^\\s]+$"
+def _uri(schemes: tuple[Scheme, ...], example: str) -> Any:
+    # The grammar of glmops.contract.uris, as the CRD pattern: the apiserver refuses what the
+    # operator and the trainer could not parse.
+    return Field(pattern=pattern_for(schemes), max_length=MAX_URI_LENGTH, examples=[example])
 
 
-ModelUri = Annotated[
-    str,
-    Field(
-        pattern=uri_pattern("hf", "s3", "pvc", "file"),
-        max_length=1024,
-        examples=["hf://zai-org/GLM-4.7-Flash", "pvc://models/glm-4.7-flash"],
-    ),
-]
-DataUri = Annotated[str, Field(pattern=uri_pattern("hf", "s3", "pvc", "file"), max_length=1024)]
-OutputUri = Annotated[str, Field(pattern=uri_pattern("s3", "pvc", "file"), max_length=1024)]
+ModelUri = Annotated[str, _uri(MODEL_SCHEMES, "hf://zai-org/GLM-4.7-Flash")]
+DataUri = Annotated[str, _uri(DATA_SCHEMES, "pvc://datasets/payments/train.jsonl")]
+OutputUri = Annotated[str, _uri(OUTPUT_SCHEMES, "pvc://models/payments-coder")]
 
 # RFC 1123 subdomain (Secret, PVC, ConfigMap and most object names).
 DnsSubdomain = Annotated[
@@ -93,15 +96,43 @@ class TaintEffect(StrEnum):
     no_execute = "NoExecute"
 
 
+# Kubernetes' label syntax: a value (<= 63 characters, alphanumeric at both ends, '-', '_', '.'
+# inside; empty allowed) and a key (an optional DNS-subdomain prefix and '/', then a name like a
+# value but not empty). Taint keys and values follow the same rules.
+LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN, max_length=316)]
+# Map keys cannot carry a pattern in a structural schema: a CEL rule checks them on clusters that
+# run CEL, and the operator's validation everywhere.
+LABEL_KEYS_RULE = {
+    "rule": "self.all(k, k.matches('" + LABEL_KEY_PATTERN.replace("\\", "\\\\") + "'))",
+    "message": "every key must be a label key: an optional DNS prefix and '/', then up to 63 of [A-Za-z0-9-_.], alphanumeric at both ends",
+}
+
+
 class Toleration(WireModel):
     """A core/v1 Toleration, merged into the pods that glmops creates."""
 
-    key: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                 "message": "value must be empty when operator is Exists"},
+                {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                 "message": "tolerationSeconds applies only to effect NoExecute"},
+            ]
+        }
+    )
+
+    key: LabelKey | None = None
     """Taint key to tolerate; empty with operator Exists tolerates every taint."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """`Exists` matches any value; `Equal` needs `value` to match."""
-    value: str | None = None
-    """Taint value to match when operator is Equal."""
+    value: LabelValue | None = None
+    """Taint value to match when operator is Equal (a label value: <= 63 characters)."""
     effect: TaintEffect | None = None
     """Taint effect to match; empty matches every effect."""
     toleration_seconds: Annotated[int, Field(ge=0)] | None = None
@@ -111,9 +142,12 @@ class Toleration(WireModel):
 class Placement(WireModel):
     """Where pods may run, beyond the GPU constraints glmops derives itself."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    """Extra node labels every pod must match, merged with glmops' GPU affinity."""
+    node_selector: Annotated[
+        # maxProperties bounds the CEL rule's cost, which the apiserver refuses to admit unbounded.
+        dict[str, LabelValue], Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
+    ] = Field(default_factory=dict)
+    """Extra node labels every pod must match (label keys and values), merged with glmops' GPU affinity."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Extra tolerations; the `nvidia.com/gpu` NoSchedule toleration is always added."""
-    gpu_product: Annotated[str, Field(max_length=128)] | None = None
-    """Restrict to one GPU product (label `nvidia.com/gpu.product`), e.g. `NVIDIA-H200`."""
+    gpu_product: LabelValue | None = None
+    """Restrict to one GPU product (label `nvidia.com/gpu.product`, so a label value), e.g. `NVIDIA-H200`."""

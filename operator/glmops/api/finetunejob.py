@@ -13,75 +13,40 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field, JsonValue
 
 from glmops.api.common import (
+    LABEL_KEYS_RULE,
     Condition,
+    DnsLabel,
     DnsSubdomain,
+    LabelValue,
     ModelUri,
+    OutputUri,
     Placement,
     StatusModel,
     WireModel,
 )
+from glmops.contract.config import (
+    CheckpointEvery,
+    DataFormat,
+    Epochs,
+    ErrorFraction,
+    LoraDropout,
+    LoraRank,
+    LoraTarget,
+    MaxSteps,
+    Method,
+    OutputFormat,
+    Quantization,
+    Thinking,
+    ValidationSplit,
+    Variant,
+)
+from glmops.contract.uris import MAX_URI_LENGTH, dataset_pattern
+
+# The enums shared with the trainer's config are defined in glmops.contract.config.
+__all__ = ["DataFormat", "LoraTarget", "Method", "OutputFormat", "Quantization", "Thinking", "Variant"]
 
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
-
-
-class Variant(StrEnum):
-    """Which GLM-4.7 model is fine-tuned."""
-
-    flash = "flash"
-    flagship = "flagship"
-
-
-class Method(StrEnum):
-    """`qlora` stores the base weights, routed experts included, in 4-bit NF4; `lora` keeps bf16."""
-
-    qlora = "qlora"
-    lora = "lora"
-
-
-class DataFormat(StrEnum):
-    """Layout of the training file."""
-
-    auto = "auto"
-    openai_chat = "openai-chat"
-    sharegpt = "sharegpt"
-    alpaca = "alpaca"
-    text = "text"
-
-
-class Thinking(StrEnum):
-    """What happens to assistant reasoning (`reasoning_content`) in training samples."""
-
-    preserve = "preserve"
-    strip = "strip"  # type: ignore[assignment]  # the wire value; shadows str.strip on purpose
-
-
-class LoraTarget(StrEnum):
-    """A group of modules that receives LoRA adapters."""
-
-    attention = "attention"
-    dense_mlp = "dense_mlp"
-    shared_experts = "shared_experts"
-    experts = "experts"
-
-
-class OutputFormat(StrEnum):
-    """An artifact kind produced after training."""
-
-    adapter = "adapter"
-    merged = "merged"
-    gguf = "gguf"
-
-
-class Quantization(StrEnum):
-    """A llama.cpp GGUF quantization type."""
-
-    Q3_K_M = "Q3_K_M"
-    Q4_0 = "Q4_0"
-    Q4_K_M = "Q4_K_M"
-    Q5_K_M = "Q5_K_M"
-    Q6_K = "Q6_K"
-    Q8_0 = "Q8_0"
 
 
 class Phase(StrEnum):
@@ -96,27 +61,14 @@ class Phase(StrEnum):
     cancelled = "Cancelled"
 
 
-# Sources a dataset may come from. s3:// and hf:// must name one file: an s3:// key that is not a
-# prefix, or hf://datasets/ORG/NAME[@REVISION]/PATH (the Hub's own form for dataset files), so a
-# location the trainer cannot read is refused when the FineTuneJob is applied, not in a GPU pod.
-_S3_BUCKET = "[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-_HF_NAME = "[A-Za-z0-9][A-Za-z0-9._-]*"
+# A dataset source names one file (glmops.contract.uris.dataset_pattern); an output is a folder.
 DatasetUri = Annotated[
     str,
     Field(
-        pattern=(
-            "^((pvc|file)://[^\\s]+"
-            f"|s3://{_S3_BUCKET}/[^\\s]*[^\\s/]"
-            f"|hf://datasets/{_HF_NAME}/{_HF_NAME}(@[^\\s/@]+)?/[^\\s]*[^\\s/])$"
-        ),
-        max_length=1024,
+        pattern=dataset_pattern(),
+        max_length=MAX_URI_LENGTH,
         examples=["pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl"],
     ),
-]
-# An output is a folder: s3://BUCKET or s3://BUCKET/PREFIX with a valid bucket name.
-OutputDestinationUri = Annotated[
-    str,
-    Field(pattern=f"^((pvc|file)://[^\\s]+|s3://{_S3_BUCKET}(/[^\\s]*)?)$", max_length=1024),
 ]
 EndpointUrl = Annotated[
     str,
@@ -150,20 +102,20 @@ class DatasetSpec(WireModel):
     """Sample layout; `auto` detects openai-chat, sharegpt, alpaca or text from the first records."""
     thinking: Thinking = Thinking.preserve
     """`preserve` keeps every assistant turn's reasoning (Preserved Thinking); `strip` drops it."""
-    validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
-    """Share of samples held out to compute the eval loss (0 disables evaluation)."""
-    max_error_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    validation_split: ValidationSplit = 0.05
+    """Share of samples held out to compute the eval loss (0 <= split <= 0.5; 0 disables evaluation)."""
+    max_error_fraction: ErrorFraction = 0.05
     """The job fails before loading the model when more than this share of samples is invalid."""
 
 
 class LoraSpec(WireModel):
     """LoRA hyper-parameters; unset fields take the variant's default."""
 
-    rank: Annotated[int, Field(ge=1, le=512)] | None = None
+    rank: LoraRank | None = None
     """LoRA rank r (1-512). Default 16."""
     alpha: Annotated[float, Field(gt=0, le=4096)] | None = None
     """LoRA alpha; updates are scaled by alpha/rank. Default 2 x rank."""
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    dropout: LoraDropout | None = None
     """Dropout on the LoRA input (0 <= dropout < 1). Default 0.05."""
     targets: Annotated[list[LoraTarget], Field(min_length=1, json_schema_extra={"uniqueItems": True})] | None = None
     """Module groups that get adapters: attention, dense_mlp, shared_experts, experts (routed). Default: flash [attention, shared_experts, experts]; flagship [attention, shared_experts]."""
@@ -176,9 +128,9 @@ class TrainingSpec(WireModel):
     """`qlora` (4-bit NF4 base incl. routed experts) or `lora` (bf16 base). Default qlora."""
     lora: LoraSpec = Field(default_factory=LoraSpec)
     """LoRA hyper-parameters."""
-    epochs: Annotated[float, Field(gt=0, le=100)] | None = None
+    epochs: Epochs | None = None
     """Passes over the training data. Default 2."""
-    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_steps: MaxSteps | None = None
     """Stop after this many optimizer steps; overrides epochs when set."""
     learning_rate: Annotated[float, Field(gt=0, le=0.1)] | None = None
     """Peak learning rate (0 < lr <= 0.1). Default flash 2e-4, flagship 1e-4."""
@@ -188,7 +140,7 @@ class TrainingSpec(WireModel):
     """Sequences per GPU per forward pass. Default 1."""
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Micro-batches per optimizer step. Default flash 8, flagship 4."""
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+    checkpoint_every: CheckpointEvery | None = None
     """Save a resumable checkpoint every this many steps; a restarted pod resumes from the newest. Default 200."""
     packing: bool = True
     """Pack samples into full sequences without cross-sample attention instead of padding."""
@@ -210,7 +162,7 @@ class Resources(Placement):
 class OutputSpec(WireModel):
     """What to produce and where."""
 
-    destination: OutputDestinationUri
+    destination: OutputUri
     """Where checkpoints and artifacts go: pvc://CLAIM/PATH, s3://BUCKET/PREFIX or file:///PATH. Immutable once the job exists."""
     formats: Annotated[list[OutputFormat], Field(min_length=1, json_schema_extra={"uniqueItems": True})] = Field(
         default_factory=lambda: [OutputFormat.adapter, OutputFormat.merged, OutputFormat.gguf]
@@ -224,6 +176,28 @@ class OutputSpec(WireModel):
     """Name of a Secret in the job's namespace with the keys for an s3:// destination (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION); referenced, never copied."""
     endpoint_url: EndpointUrl | None = None
     """For s3:// on an S3-compatible store (MinIO, Ceph RGW): its URL, e.g. http://minio.storage.svc:9000."""
+
+
+class PodTemplate(WireModel):
+    """What glmops adds to every pod it creates for this job (trainer and export)."""
+
+    priority_class_name: DnsSubdomain | None = None
+    """PriorityClass of the pods (e.g. to let training preempt batch work, or be preempted by serving)."""
+    service_account_name: DnsSubdomain | None = None
+    """ServiceAccount the pods run as (image pulls, workload identity); its API token is still not mounted."""
+    image_pull_secrets: Annotated[list[DnsSubdomain], Field(max_length=16, json_schema_extra={"uniqueItems": True})] = Field(
+        default_factory=list
+    )
+    """Names of Secrets in the job's namespace used to pull the trainer image."""
+    labels: Annotated[
+        dict[str, LabelValue], Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})
+    ] = Field(default_factory=dict)
+    """Extra pod labels (e.g. cost centre); keys under glmops.io/ and the app.kubernetes.io/ keys glmops sets are refused."""
+    annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=4096)]],
+        Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]}),
+    ] = Field(default_factory=dict)
+    """Extra pod annotations (e.g. for a service mesh or a log shipper); keys under glmops.io/ are refused."""
 
 
 class FailurePolicy(WireModel):
@@ -281,6 +255,10 @@ class FineTuneJobSpec(WireModel):
     """Artifacts and where they go; immutable once the job exists."""
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """Retries of a failed trainer pod."""
+    queue_name: DnsLabel | None = None
+    """Kueue LocalQueue to submit the trainer Job to (label `kueue.x-k8s.io/queue-name`; the Job is created suspended and Kueue admits it)."""
+    pod_template: PodTemplate = Field(default_factory=PodTemplate)
+    """Priority class, service account, image pull secrets, labels and annotations of the job's pods."""
     cancel: bool = False
     """Set to true to stop the job for good: its trainer Job and pods are deleted and it ends Cancelled. Checkpoints and artifacts already written stay at the output destination."""
 
@@ -373,7 +351,11 @@ class FineTuneJobStatus(StatusModel):
     artifacts: Artifacts | None = None
     """Produced artifacts."""
     trainer_job: str | None = None
-    """Name of the batch/v1 Job that runs the trainer."""
+    """Name of the batch/v1 Job that runs the trainer (GPU)."""
+    export_job: str | None = None
+    """Name of the batch/v1 Job that exports the trained adapter (CPU only), once training has finished."""
+    output_destination: str | None = None
+    """The destination the trainer writes to, fixed when its Job is created (output ownership follows this, not the spec)."""
     retries: Annotated[int, Field(ge=0)] = 0
     """Trainer pod failures so far."""
     start_time: datetime | None = None

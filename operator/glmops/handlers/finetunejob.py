@@ -1,18 +1,23 @@
-"""FineTuneJob handlers: parse, plan, apply the trainer objects, and keep status current.
+"""FineTuneJob handlers: every trigger ends in `converge`, the one writer of a job's status.
 
-`reconcile` is the one handler for create, resume and spec updates. The trainer Job and pod
-events and a progress timer feed `status` afterwards. Decisions live in glmops.plan; all API
-calls go through glmops.kube.
+A job is admitted once: its spec is checked against the cluster (GPUs, PVCs, Secrets, output
+ownership) and its trainer Job created. From then on the operator only observes: the trainer
+Job, the export Job, their newest pods and the trainer's progress endpoint go into
+`glmops.plan.status.next_status`, and the result is written back with the resourceVersion it
+was computed from (a write from a stale read is refused by the apiserver and redone from a fresh
+read). Triggers: kopf's create/resume/update of the FineTuneJob, events of our Jobs and pods,
+and a poller for what raises no event (training progress, a PVC or Secret that a waiting job
+needs). No handler needs a finalizer, so deleting a FineTuneJob never waits for the operator.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import urllib3
@@ -21,66 +26,72 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from glmops import kube
-from glmops.api.common import GROUP, VERSION, ConditionStatus
-from glmops.api.finetunejob import PLURAL, FineTuneJob, FineTuneJobStatus, Phase, Plan
-from glmops.conditions import ConditionType, Reason, find_condition, set_condition
+from glmops.api.common import GROUP, VERSION
+from glmops.api.finetunejob import KIND, PLURAL, FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Phase, Plan
+from glmops.conditions import ConditionType, Reason, find_condition
+from glmops.contract.config import METRICS_PATH
+from glmops.contract.records import MetricsError, ProgressRecord, parse_metrics, parse_result
+from glmops.contract.uris import parse_uri
 from glmops.plan import names
-from glmops.plan.changes import changed_immutable_sections
-from glmops.plan.finetune import FTJ_LABEL, ClusterFacts, GpuNode, JobMeta, plan_finetune
-from glmops.plan.status import PhaseDecision, TrainerObservation, cancelled_by_request, decide_phase
+from glmops.plan.changes import changed_sections, parse_section_hashes
+from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
+from glmops.plan.finetune import (
+    FTJ_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    METRICS_PORT_NAME,
+    SPEC_SECTIONS_ANNOTATION,
+    ClusterFacts,
+    GpuNode,
+    JobMeta,
+    plan_finetune,
+)
+from glmops.plan.status import (
+    TERMINAL,
+    Admission,
+    Decision,
+    JobObservation,
+    Observation,
+    admission_status,
+    is_warning,
+    next_status,
+)
 from glmops.plan.storage import credential_secrets
-from glmops.plan.uris import parse_uri
 from glmops.settings import Settings
-from glmops.trainer_protocol import artifacts_from_result, last_progress, parse_result
 
-TERMINAL = {Phase.succeeded, Phase.failed, Phase.cancelled}
+log = logging.getLogger(__name__)
+
 API_RETRY_SECONDS = 15
+CONFLICT_RETRIES = 5
+WAIT_BACKOFF_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0)
+"""How soon a job waiting for a PVC or Secret looks again (then every 30 s)."""
 
 
-def _status(body: kopf.Body) -> FineTuneJobStatus:
-    return FineTuneJobStatus.model_validate(dict(body.get("status") or {}))
-
-
-def _with_condition(status: FineTuneJobStatus, type_: str, value: ConditionStatus, reason: str, message: str, gen: int) -> None:
-    status.conditions = set_condition(status.conditions, type_, value, reason, message, gen)
-
-
-def _fail(status: FineTuneJobStatus, reason: str, message: str, gen: int) -> None:
-    status.phase = Phase.failed
-    status.observed_generation = gen
-    status.completion_time = status.completion_time or datetime.now(UTC)
-    _with_condition(status, ConditionType.succeeded, ConditionStatus.false, reason, message, gen)
+# --- indexes fed by the FineTuneJob watch (no list per reconcile) ------------------------------
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-async def ftj_outputs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str | None, str], str] | None:
-    """Which FineTuneJob writes to which output location, kept current from the watch (no list per reconcile).
+async def ftj_outputs(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str | None, str], str] | None:
+    """Which FineTuneJob owns which output location: those whose trainer was created, at the
+    destination it was created with (a job refused before it wrote owns nothing; an edited spec
+    does not move the claim).
 
     Async only so that kopf calls it in its event loop: it runs on every event of every
     FineTuneJob, and a sync handler would cost a trip through the thread pool each time.
     """
-    destination = (spec.get("output") or {}).get("destination")
-    return {(namespace, str(destination).rstrip("/")): name} if destination else None
+    destination = status.get("outputDestination")
+    return {(namespace, str(destination).rstrip("/")): name} if destination and status.get("trainerJob") else None
 
 
-def _gather_facts(
-    api: client.ApiClient, namespace: str, name: str, job: FineTuneJob, outputs: kopf.Index[Any, str], memo: kopf.Memo
-) -> ClusterFacts:
-    spec = job.spec
-    # Every Secret the spec references (model, dataset, output), each looked up once.
-    referenced = {secret for _field, secret in credential_secrets(spec)}
-    secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
-    claims = {parse_uri(u).claim for u in (spec.model.source, spec.dataset.source, spec.output.destination)}
-    pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
-    destination = spec.output.destination.rstrip("/")
-    others = sorted(n for n in outputs.get((namespace, destination), []) if n != name)
-    return ClusterFacts(
-        server_minor=memo.server_minor,
-        secrets=secrets,
-        pvcs=pvcs,
-        outputs_in_use={destination: others[0]} if others else {},
-        gpu_nodes=memo.node_cache.get(api),
-    )
+@kopf.index(GROUP, VERSION, PLURAL)
+async def ftj_polled(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str]] | None:
+    """Jobs that need a look without an event: training (progress) or waiting for a PVC or Secret."""
+    phase = status.get("phase")
+    if phase == Phase.training:
+        return {"progress": (str(namespace), name)}
+    if phase == Phase.pending and not status.get("trainerJob"):
+        return {"waiting": (str(namespace), name)}
+    return None
 
 
 class NodeCache:
@@ -112,95 +123,264 @@ class NodeCache:
             return self._nodes
 
 
+class DiffBaseHandoff:
+    """Diff bases that `converge` already wrote in its own status write, for kopf's storage to skip.
+
+    kopf stores the last-handled spec after the handler returns; riding on our conditional
+    status write instead saves a second write per job (see glmops.handlers.persistence).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._written: dict[str, str] = {}
+
+    def wrote(self, uid: str, diffbase: str) -> None:
+        with self._lock:
+            self._written[uid] = diffbase
+
+    def take(self, uid: str, diffbase: str) -> bool:
+        """Whether `diffbase` of `uid` was written already (forgotten once asked)."""
+        with self._lock:
+            return self._written.pop(uid, None) == diffbase
+
+
+# --- kopf triggers ------------------------------------------------------------------------------
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec")
-def reconcile(
-    body: kopf.Body,
-    meta: kopf.Meta,
-    name: str,
-    namespace: str | None,
-    patch: kopf.Patch,
-    diff: kopf.Diff,
-    reason: str,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **kwargs: Any,
-) -> None:
-    """Validate and plan the job, create its trainer objects once, and record the outcome in status."""
-    ftj_outputs: kopf.Index[Any, str] = kwargs["ftj_outputs"]  # the index above, passed by name
+def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A FineTuneJob was created, changed, or found at start-up: bring its status up to date."""
     assert namespace is not None  # FineTuneJob is namespaced
+    diffbase = memo.diffbase_storage.essence_json(body)
+    converge(memo, namespace, name, kwargs["ftj_outputs"], diffbase=diffbase)
+
+
+def _owning_ftj(body: kopf.Body) -> str:
+    return str((body.get("metadata", {}).get("labels") or {}).get(FTJ_LABEL, ""))
+
+
+# A new Job's first events carry an empty status: nothing to learn from them.
+@kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=lambda status, **_: bool(status))
+def run_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A trainer or export Job changed (pod failed, retried, completed): update its FineTuneJob."""
+    assert namespace is not None
+    converge(memo, namespace, _owning_ftj(body), kwargs["ftj_outputs"])
+
+
+def _pod_news(status: kopf.Status, **_: Any) -> bool:
+    """Pod events worth a look: it runs or ended, or the scheduler cannot place it."""
+    if status.get("phase") not in (None, "Pending"):
+        return True
+    return any(c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
+
+
+@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=_pod_news)
+def run_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A trainer or export pod was scheduled, started, ended, or could not be placed."""
+    assert namespace is not None
+    converge(memo, namespace, _owning_ftj(body), kwargs["ftj_outputs"])
+
+
+class Poller:
+    """Looks at jobs that change without an event: training progress, and jobs waiting for a PVC or
+    Secret (on a backoff per job). One daemon thread; it reads the `ftj_polled` index."""
+
+    def __init__(self, memo: kopf.Memo, polled: kopf.Index[str, tuple[str, str]], outputs: kopf.Index[Any, str]) -> None:
+        self.memo, self.polled, self.outputs = memo, polled, outputs
+        self._stop = threading.Event()
+        self._next_look: dict[tuple[str, str], tuple[float, int]] = {}  # waiting job -> (when, tries)
+        self._thread = threading.Thread(target=self._run, name="glmops-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _keys(self, kind: str) -> list[tuple[str, str]]:
+        for _ in range(3):  # the index changes in the event loop meanwhile; copy, retrying a torn read
+            try:
+                return list(self.polled.get(kind, []))
+            except RuntimeError:
+                continue
+        return []
+
+    def _run(self) -> None:
+        settings: Settings = self.memo.settings
+        tick = min(2.0, settings.progress_poll_seconds)
+        last_progress = 0.0
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            if now - last_progress >= settings.progress_poll_seconds:
+                last_progress = now
+                for namespace, name in self._keys("progress"):
+                    self._look(namespace, name)
+            waiting = set(self._keys("waiting"))
+            for key in list(self._next_look):
+                if key not in waiting:
+                    del self._next_look[key]
+            for key in waiting:
+                when, tries = self._next_look.get(key, (0.0, 0))
+                if now >= when:
+                    self._next_look[key] = (now + WAIT_BACKOFF_SECONDS[min(tries, len(WAIT_BACKOFF_SECONDS) - 1)], tries + 1)
+                    self._look(*key)
+
+    def _look(self, namespace: str, name: str) -> None:
+        try:
+            converge(self.memo, namespace, name, self.outputs)
+        except kopf.TemporaryError:
+            pass  # said in status; the next round tries again
+        except Exception:
+            log.exception("looking at FineTuneJob %s/%s failed", namespace, name)
+
+
+# --- the one writer of status -----------------------------------------------------------------
+
+
+def converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any, str], diffbase: str | None = None) -> None:
+    """Read the job, observe what it runs, compute its status and write it conditionally.
+
+    A write that loses to another writer (409) is redone from a fresh read; after the write come
+    the deletions and the event that the new status explains.
+    """
+    if not name:
+        return
     api: client.ApiClient = memo.api
-    generation = int(meta.get("generation") or 1)
-    status = _status(body)
+    for _attempt in range(CONFLICT_RETRIES):
+        body = kube.get_custom(api, PLURAL, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # gone or going: its Jobs go with it (ownerReferences)
+        retry = ""
+        try:
+            decision, children = _decide(memo, body, outputs)
+        except _ApiTrouble as trouble:
+            decision, children, retry = _api_trouble_status(body, trouble), [], str(trouble)
+        wire = decision.status.to_wire()
+        before = FineTuneJobStatus.model_validate(dict(body.get("status") or {})).to_wire()
+        extra: dict[str, Any] = {}
+        stored_diffbase = (body.get("status") or {}).get("lastHandledConfiguration")
+        if diffbase is not None and diffbase != stored_diffbase:
+            extra["lastHandledConfiguration"] = diffbase
+        if wire != before or extra:
+            try:
+                patch = status_patch(before, wire) | extra
+                kube.patch_custom_status(api, PLURAL, namespace, name, patch, body["metadata"]["resourceVersion"])
+            except kube.ConflictError:
+                continue
+        if diffbase is not None:
+            memo.diffbase_handoff.wrote(body["metadata"]["uid"], diffbase)
+        _after_write(api, body, decision, children)
+        if retry:
+            raise kopf.TemporaryError(f"the API failed a request: {retry}", delay=API_RETRY_SECONDS)
+        return
+    raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing while it was written", delay=1)
 
-    if status.phase in TERMINAL:
-        return
-    if (body.get("spec") or {}).get("cancel") is True:
-        _end(api, body, status, cancelled_by_request(), generation, delete_job=names.trainer_job_name(name))
-        return
-    if status.trainer_job and kube.get_job(api, namespace, status.trainer_job) is None:
-        # Recorded, so created; gone, so deleted while the operator was away: never recreate it.
-        _end(api, body, status, decide_phase(TrainerObservation(job_missing=True), 0, status.trainer_job), generation)
-        return
-    if reason == kopf.Reason.UPDATE and status.trainer_job:
-        changed = changed_immutable_sections(diff)
-        if changed:
-            message = (
-                f"spec.{', spec.'.join(changed)} changed after training started; the running trainer keeps the "
-                "original settings. Revert the change, or create a new FineTuneJob"
-            )
-            _with_condition(status, ConditionType.validated, ConditionStatus.false, Reason.spec_immutable, message, generation)
-            kopf.warn(body, reason=Reason.spec_immutable, message=message)
-            patch.status.update(status.to_wire())
-            return
 
+def status_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch from status `before` to `after`: `after`, with nulls for what it drops."""
+    return _merge(_removals(before, after), after)
+
+
+def _removals(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge-patch nulls for the keys that the new status drops, at any depth (a merge patch
+    merges objects key by key, so a key left out would keep its old value)."""
+    removed: dict[str, Any] = {}
+    for key, old in before.items():
+        if key == "lastHandledConfiguration":
+            continue
+        if key not in after:
+            removed[key] = None
+        elif isinstance(old, Mapping) and isinstance(after[key], Mapping):
+            nested = _removals(old, after[key])
+            if nested:
+                removed[key] = nested
+    return removed
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, object by object."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _ApiTrouble(Exception):
+    """The cluster could not be read or written right now (RBAC, overload, network)."""
+
+    def __init__(self, message: str, exc: Exception) -> None:
+        super().__init__(message)
+        self.exc = exc
+
+
+def _api_trouble_status(body: Mapping[str, Any], trouble: _ApiTrouble) -> Decision:
+    status = FineTuneJobStatus.model_validate(dict(body.get("status") or {}))
+    generation = int(body["metadata"].get("generation") or 1)
+    message = (
+        f"the operator could not check or create this job: {trouble}; it retries every {API_RETRY_SECONDS} s. "
+        "Check the operator's RBAC permissions and the apiserver's health"
+    )
+    return admission_status(status, Admission(generation=generation, api_error=message))
+
+
+def _decide(memo: kopf.Memo, body: Mapping[str, Any], outputs: kopf.Index[Any, str]) -> tuple[Decision, list[tuple[str, str]]]:
+    """The new status of `body` and the children to stop if the decision says so."""
+    status = FineTuneJobStatus.model_validate(dict(body.get("status") or {}))
+    generation = int(body["metadata"].get("generation") or 1)
+    try:
+        if not status.trainer_job and status.phase not in TERMINAL:
+            return _admit(memo, body, status, generation, outputs)
+        return _observe_and_decide(memo, body, status, generation)
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        raise _ApiTrouble(kube.describe_error(exc), exc) from exc
+
+
+def _children(name: str, status: FineTuneJobStatus) -> list[tuple[str, str]]:
+    found = [("Job", n) for n in (status.trainer_job, status.export_job) if n]
+    return found + [("Service", names.trainer_service_name(name))]
+
+
+def _after_write(api: client.ApiClient, body: Mapping[str, Any], decision: Decision, children: list[tuple[str, str]]) -> None:
+    namespace = body["metadata"]["namespace"]
+    if decision.stop_children:
+        # Status first, then the deletion: the Job watch must find the job already ended rather
+        # than take the vanished Job for someone else's doing.
+        for kind, child in children:
+            kube.delete_child(api, kind, namespace, child)
+    if decision.event is not None:
+        event = decision.event
+        try:
+            kube.post_event(api, {**body, "kind": KIND}, "Warning" if is_warning(event) else "Normal", event.reason, event.message)
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            # The status already says it; an event lost to an API hiccup is not worth a retry.
+            log.warning("event %s for %s/%s not posted: %s", event.reason, namespace, body["metadata"]["name"], kube.describe_error(exc))
+
+
+# --- admission: check once, create the trainer --------------------------------------------------
+
+
+def _admit(
+    memo: kopf.Memo, body: Mapping[str, Any], status: FineTuneJobStatus, generation: int, outputs: kopf.Index[Any, str]
+) -> tuple[Decision, list[tuple[str, str]]]:
+    api: client.ApiClient = memo.api
+    settings: Settings = memo.settings
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    now = datetime.now(UTC)
     try:
         job = FineTuneJob.model_validate(dict(body))
     except ValidationError as exc:
-        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
-        _fail(status, Reason.invalid_spec, problems, generation)
-        kopf.warn(body, reason=Reason.invalid_spec, message=problems)
-        patch.status.update(status.to_wire())
-        return
-
-    try:
-        _plan_and_apply(api, body, job, status, patch, generation, ftj_outputs, memo)
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        if isinstance(exc, ApiException) and exc.status in (400, 404, 409, 422):
-            raise  # a request of ours the API refuses: kopf logs it and retries with backoff
-        # The cluster could not be read or written right now (RBAC, overload, network): say so
-        # and try again, rather than leave a job without a phase.
-        message = (
-            f"the operator could not check or create this job: {kube.describe_error(exc)}; it retries every "
-            f"{API_RETRY_SECONDS} s. Check the operator's RBAC permissions and the apiserver's health"
-        )
-        previous = find_condition(status.conditions, ConditionType.validated)
-        if not status.trainer_job:
-            status.phase = Phase.validating
-        _with_condition(status, ConditionType.validated, ConditionStatus.unknown, Reason.api_error, message, generation)
-        status.observed_generation = generation
-        if previous is None or previous.reason != Reason.api_error:
-            kopf.warn(body, reason=Reason.api_error, message=message)
-        patch.status.update(status.to_wire())
-        raise kopf.TemporaryError(message, delay=API_RETRY_SECONDS) from exc
-
-
-def _plan_and_apply(
-    api: client.ApiClient,
-    body: kopf.Body,
-    job: FineTuneJob,
-    status: FineTuneJobStatus,
-    patch: kopf.Patch,
-    generation: int,
-    ftj_outputs: kopf.Index[Any, str],
-    memo: kopf.Memo,
-) -> None:
-    """Check the job against the cluster, create its trainer objects, and put the outcome in `patch`."""
-    meta = body["metadata"]
-    name, namespace = str(meta["name"]), str(meta["namespace"])
-    settings: Settings = memo.settings
-    facts = _gather_facts(api, namespace, name, job, ftj_outputs, memo)
+        problems = tuple(f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        adm = Admission(generation, problems=problems, problem_reason=Reason.invalid_spec, now=now)
+        return admission_status(status, adm), []
+    trainer_name = names.trainer_job_name(name)
+    facts = _gather_facts(api, namespace, name, job.spec, outputs, memo)
     plan = plan_finetune(JobMeta(name, namespace, str(meta["uid"]), generation), job.spec, facts, settings)
     status.plan = Plan(
         gpu_memory_gi_b_per_gpu=round(plan.memory.per_gpu_gib, 1),
@@ -208,78 +388,157 @@ def _plan_and_apply(
         gpus_per_node=plan.placement.gpus_per_node,
         min_gpu_memory_gi_b=round(plan.placement.min_gpu_memory_gib, 1),
     )
+    destination = job.spec.output.destination
     if plan.problems:
-        first = plan.problems[0]
-        message = "; ".join(str(p) for p in plan.problems)
-        _with_condition(status, ConditionType.validated, ConditionStatus.false, first.reason, message, generation)
-        _fail(status, first.reason, message, generation)
-        kopf.warn(body, reason=first.reason, message=message)
-        patch.status.update(status.to_wire())
-        return
-
-    _with_condition(status, ConditionType.validated, ConditionStatus.true, Reason.spec_valid, "the spec passed all checks", generation)
-    created = False
-    for obj in plan.objects:
-        kopf.adopt(obj, owner=body)
-        try:
-            created = kube.apply_child(api, obj, str(meta["uid"])) or created
-        except kube.ForeignObjectError as exc:
-            _fail(status, Reason.invalid_spec, str(exc), generation)
-            kopf.warn(body, reason="NameConflict", message=str(exc))
-            patch.status.update(status.to_wire())
-            return
-    status.trainer_job = names.trainer_job_name(name)
-    status.observed_generation = generation
-    if status.phase in (None, Phase.pending, Phase.validating):
-        status.phase = Phase.pending
-        _with_condition(
-            status, ConditionType.succeeded, ConditionStatus.unknown, Reason.pending, "waiting for the trainer pod to start", generation
+        existing = kube.get_job(api, namespace, trainer_name)
+        if existing is not None and kube.owned_by(existing, str(meta["uid"])):
+            # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
+            return _admitted(status, generation, trainer_name, destination, now), []
+        adm = Admission(
+            generation,
+            problems=tuple(str(p) for p in plan.problems),
+            problem_reason=plan.problems[0].reason,
+            waiting=plan.waiting,
+            now=now,
         )
-    if created:
-        kopf.info(body, reason="TrainerCreated", message=f"created Job {status.trainer_job}")
-    patch.status.update(status.to_wire())
+        return admission_status(status, adm), []
+    try:
+        for obj in plan.objects:
+            kopf.adopt(obj, owner=kopf.Body(dict(body)))  # type: ignore[arg-type]
+            kube.apply_child(api, obj, str(meta["uid"]))
+    except kube.ForeignObjectError as exc:
+        adm = Admission(generation, problems=(str(exc),), problem_reason=Reason.invalid_spec, now=now)
+        return admission_status(status, adm), []
+    except ApiException as exc:
+        if exc.status not in (400, 422):
+            raise
+        # The apiserver refused an object made from the spec: that spec can never run. End the
+        # job with the API's own words instead of retrying forever; remove what was created.
+        message = f"the cluster refused the trainer's objects: {kube.describe_error(exc)}; fix spec.resources or spec.podTemplate"
+        adm = Admission(generation, problems=(message,), problem_reason=Reason.api_rejected, now=now)
+        return admission_status(status, adm), [(o["kind"], o["metadata"]["name"]) for o in plan.objects]
+    adm = Admission(
+        generation, trainer_job=trainer_name, destination=destination, now=now,
+        advisories=tuple(str(p) for p in plan.advisories),
+    )
+    decision = admission_status(status, adm)
+    if decision.status.phase is Phase.pending and not find_condition(status.conditions, ConditionType.succeeded):
+        log.info("FineTuneJob %s/%s: created Job %s", namespace, name, trainer_name)
+    return decision, []
 
 
-def _apply_decision(status: FineTuneJobStatus, decision: PhaseDecision, generation: int) -> None:
-    """Set the phase, the Succeeded condition and, for an end, the completion time."""
-    status.phase = decision.phase
-    top = {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false, Phase.cancelled: ConditionStatus.false}
-    value = top.get(decision.phase, ConditionStatus.unknown)
-    status.conditions = set_condition(status.conditions, ConditionType.succeeded, value, decision.reason, decision.message, generation)
-    if decision.phase in TERMINAL:
-        status.completion_time = status.completion_time or datetime.now(UTC)
+def _admitted(status: FineTuneJobStatus, generation: int, trainer: str, destination: str, now: datetime) -> Decision:
+    return admission_status(status, Admission(generation, trainer_job=trainer, destination=destination, now=now))
 
 
-def _event_type(decision: PhaseDecision) -> str:
-    bad = decision.phase is Phase.failed or decision.reason in (Reason.unschedulable, Reason.trainer_job_deleted)
-    return "Warning" if bad else "Normal"
+def _gather_facts(
+    api: client.ApiClient, namespace: str, name: str, spec: FineTuneJobSpec, outputs: kopf.Index[Any, str], memo: kopf.Memo
+) -> ClusterFacts:
+    # Every Secret the spec references (model, dataset, output), each looked up once.
+    referenced = {secret for _field, secret in credential_secrets(spec)}
+    secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
+    claims = {
+        parse_uri(u, f, ("hf", "s3", "pvc", "file")).claim
+        for f, u in (("spec.model.source", spec.model.source), ("spec.dataset.source", spec.dataset.source),
+                     ("spec.output.destination", spec.output.destination))
+    }
+    pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
+    destination = spec.output.destination.rstrip("/")
+    others = sorted(n for n in outputs.get((namespace, destination), []) if n != name)
+    return ClusterFacts(
+        server_minor=memo.server_minor,
+        secrets=secrets,
+        pvcs=pvcs,
+        outputs_in_use={destination: others[0]} if others else {},
+        gpu_nodes=memo.node_cache.get(api),
+    )
 
 
-def _end(
-    api: client.ApiClient, body: Mapping[str, Any], status: FineTuneJobStatus, decision: PhaseDecision, generation: int, delete_job: str = ""
-) -> None:
-    """Record a terminal phase, then delete the trainer Job if asked.
-
-    Status comes first: the Job's deletion wakes the Job watch, which must find the job
-    already ended rather than take the vanished Job for someone else's doing.
-    """
-    metadata = body["metadata"]
-    _apply_decision(status, decision, generation)
-    status.observed_generation = generation
-    kube.patch_custom_status(api, PLURAL, metadata["namespace"], metadata["name"], status.to_wire())
-    if delete_job:
-        kube.delete_job(api, metadata["namespace"], delete_job)
-    kopf.event(kopf.Body(cast(kopf.RawBody, dict(body))), type=_event_type(decision), reason=decision.reason, message=decision.message)
+# --- after admission: observe only ---------------------------------------------------------------
 
 
-def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tuple[TrainerObservation, dict[str, Any] | None]:
-    """What the trainer Job and its newest pod show now (plus that pod, for its log and result)."""
-    job = kube.get_job(api, namespace, job_name)
+def _observe_and_decide(
+    memo: kopf.Memo, body: Mapping[str, Any], status: FineTuneJobStatus, generation: int
+) -> tuple[Decision, list[tuple[str, str]]]:
+    api: client.ApiClient = memo.api
+    settings: Settings = memo.settings
+    meta = body["metadata"]
+    namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+    spec_raw = body.get("spec") or {}
+    trainer_job = kube.get_job(api, namespace, status.trainer_job) if status.trainer_job else None
+    trainer = observe_job(api, namespace, trainer_job)
+    export_job = kube.get_job(api, namespace, status.export_job) if status.export_job else None
+    export = observe_job(api, namespace, export_job) if status.export_job else None
+    try:
+        spec: FineTuneJobSpec | None = FineTuneJobSpec.model_validate(spec_raw)
+    except ValidationError:
+        spec = None  # an edit the schema would refuse on a current cluster; the hashes cannot match
+    changed: tuple[str, ...] = ()
+    if trainer_job is not None and spec is not None:
+        created_from = parse_section_hashes((trainer_job["metadata"].get("annotations") or {}).get(SPEC_SECTIONS_ANNOTATION))
+        changed = tuple(changed_sections(created_from, spec))
+    progress = None
+    if trainer.pod_phase == "Running" and export is None and status.phase not in TERMINAL:
+        progress = read_progress(trainer_job, api, namespace, uid, settings)
+    obs = Observation(
+        generation=generation,
+        trainer=trainer,
+        export=export,
+        progress=progress,
+        changed_sections=changed,
+        cancel=spec_raw.get("cancel") is True,
+        max_retries=int((spec_raw.get("failurePolicy") or {}).get("maxRetries", 3)),
+    )
+    decision = next_status(status, obs)
+    if decision.create_export and trainer_job is not None and spec is not None:
+        decision = _create_export(memo, body, spec, trainer_job, trainer, decision)
+    return decision, _children(name, decision.status)
+
+
+def _create_export(
+    memo: kopf.Memo, body: Mapping[str, Any], spec: FineTuneJobSpec, trainer_job: dict[str, Any], trainer: JobObservation, decision: Decision
+) -> Decision:
+    """Create the export Job (idempotent), then record its name in the status about to be written."""
+    api: client.ApiClient = memo.api
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta["namespace"])
+    result = trainer.result
+    sizes = estimated_sizes(spec.model.variant.value)
+    if result is not None and result.model_bytes and result.largest_shard_bytes:
+        sizes = ModelSizes(result.model_bytes, result.largest_shard_bytes, result.adapter_bytes or sizes.adapter_bytes)
+    export = plan_export_job(JobMeta(name, namespace, str(meta["uid"]), int(meta.get("generation") or 1)), spec, trainer_job, sizes, memo.settings)
+    kopf.adopt(export, owner=kopf.Body(dict(body)))  # type: ignore[arg-type]
+    try:
+        kube.apply_child(api, export, str(meta["uid"]))
+    except (kube.ForeignObjectError, ApiException) as exc:
+        if isinstance(exc, ApiException) and exc.status not in (400, 422):
+            raise
+        detail = str(exc) if isinstance(exc, kube.ForeignObjectError) else kube.describe_error(exc)
+        status = decision.status
+        from glmops.plan.status import PhaseDecision, apply_decision
+
+        failed = PhaseDecision(Phase.failed, Reason.api_rejected, f"the cluster refused the export Job: {detail}")
+        apply_decision(status, failed, status.observed_generation or 1, datetime.now(UTC))
+        return Decision(status, stop_children=True, event=failed)
+    decision.status.export_job = export["metadata"]["name"]
+    return decision
+
+
+def _terminated(pod: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def observe_job(api: client.ApiClient, namespace: str, job: dict[str, Any] | None) -> JobObservation:
+    """What a Job of the run and its newest pod show now (its result read from the pod's termination message)."""
     if job is None or job["metadata"].get("deletionTimestamp"):
-        return TrainerObservation(job_missing=True), None
+        return JobObservation(missing=True)
     job_status = job.get("status") or {}
     conditions = {c["type"]: c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
-    pods = kube.job_pods(api, namespace, job_name)
+    pods = kube.job_pods(api, namespace, job["metadata"]["name"])
     newest = pods[0] if pods else None
     pod_status = (newest or {}).get("status") or {}
     unschedulable = waiting_reason = waiting_message = ""
@@ -291,125 +550,49 @@ def observe_trainer(api: client.ApiClient, namespace: str, job_name: str) -> tup
         if waiting:
             waiting_reason, waiting_message = waiting.get("reason", ""), waiting.get("message", "")
     failed = conditions.get("Failed")
-    obs = TrainerObservation(
-        job_succeeded="Complete" in conditions,
-        job_failed=failed is not None,
-        job_failure_message=(failed.get("message") or failed.get("reason") or "") if failed else "",
+    terminated = next((t for t in (_terminated(p) for p in pods) if t is not None), None)
+    return JobObservation(
+        succeeded="Complete" in conditions,
+        failed=failed is not None,
+        failure_message=(failed.get("message") or failed.get("reason") or "") if failed else "",
         failed_pods=int(job_status.get("failed") or 0),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        pod_name=str((newest or {}).get("metadata", {}).get("name", "")),
         pod_phase=str(pod_status.get("phase") or ""),
+        node_name=str(((newest or {}).get("spec") or {}).get("nodeName") or ""),
         unschedulable_message=unschedulable,
-        container_waiting_reason=waiting_reason,
-        container_waiting_message=waiting_message,
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        result=parse_result(str(terminated.get("message") or "")) if terminated else None,
+        finished_at=str(job_status.get("completionTime") or ""),
     )
-    return obs, newest
 
 
-def _termination_message(pod: dict[str, Any] | None) -> str | None:
-    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated")
-        if terminated:
-            return str(terminated.get("message") or "")
+def read_progress(
+    trainer_job: Mapping[str, Any] | None, api: client.ApiClient, namespace: str, uid: str, settings: Settings
+) -> ProgressRecord | None:
+    """The trainer's progress from its endpoint at the running pod's IP; None when it cannot be read."""
+    if trainer_job is None:
+        return None
+    for pod in kube.job_pods(api, namespace, trainer_job["metadata"]["name"]):
+        pod_ip = (pod.get("status") or {}).get("podIP")
+        if (pod.get("status") or {}).get("phase") != "Running" or not pod_ip:
+            continue
+        port = _metrics_port(pod) or settings.trainer_metrics_port
+        text = kube.read_pod_endpoint(pod_ip, port, METRICS_PATH)
+        if text is None:
+            return None
+        try:
+            return parse_metrics(text, expected_uid=uid)
+        except MetricsError as exc:
+            log.warning("progress of %s/%s not read from %s:%d: %s", namespace, pod["metadata"]["name"], pod_ip, port, exc)
+            return None
     return None
 
 
-def sync_status(api: client.ApiClient, namespace: str, ftj_name: str, logger: kopf.Logger) -> None:
-    """Recompute a FineTuneJob's phase, progress and artifacts from its trainer, and patch status."""
-    body = kube.get_custom(api, PLURAL, namespace, ftj_name)
-    if body is None:
-        return
-    if body["metadata"].get("deletionTimestamp"):
-        return  # the FineTuneJob is going away, and its trainer with it
-    job_spec = FineTuneJob.model_validate(body)
-    status = job_spec.status
-    if status.phase in TERMINAL or not status.trainer_job:
-        return
-    before = status.to_wire()
-    obs, pod = observe_trainer(api, namespace, status.trainer_job)
-    log_text = ""
-    if pod is not None and obs.pod_phase in ("Running", "Succeeded", "Failed"):
-        log_text = kube.pod_log_tail(api, namespace, pod["metadata"]["name"], "trainer")
-    progress = last_progress(log_text)
-    if progress is not None:
-        status.progress = progress
-    result = parse_result(_termination_message(pod))
-    failed_result = result if result and result.get("status") == "Failed" else {}
-    obs = replace(
-        obs,
-        # The final progress event ends training; what follows is the export.
-        exporting='"kind":"final"' in log_text,
-        trainer_reason=str(failed_result.get("reason") or ""),
-        trainer_message=str(failed_result.get("message") or ""),
-    )
-    decision = decide_phase(obs, job_spec.spec.failure_policy.max_retries, status.trainer_job)
-    if job_spec.spec.cancel:  # the reconcile handler is ending it; agree with it, whatever the Job shows
-        decision = cancelled_by_request()
-    # A user error fails every retry the same way: stop the Job instead of burning GPU hours
-    # (after the Failed status is written, see _end).
-    stop_job = decision.phase is Phase.failed and not obs.job_failed and not obs.job_missing
-    generation = int(body["metadata"].get("generation") or 1)
-    previous = find_condition(status.conditions, ConditionType.succeeded)
-    status.retries = obs.failed_pods
-    if decision.phase is Phase.training and status.start_time is None:
-        status.start_time = datetime.now(UTC)
-    node = ((pod or {}).get("spec") or {}).get("nodeName")
-    if decision.reason == Reason.unschedulable:
-        status.conditions = set_condition(
-            status.conditions, ConditionType.scheduled, ConditionStatus.false, decision.reason, decision.message, generation
-        )
-    elif pod is not None and node:
-        message = f"pod {pod['metadata']['name']} runs on node {node}"
-        status.conditions = set_condition(
-            status.conditions, ConditionType.scheduled, ConditionStatus.true, Reason.scheduled, message, generation
-        )
-    _apply_decision(status, decision, generation)
-    if decision.phase is Phase.succeeded:
-        if obs.job_succeeded and result and isinstance(result.get("artifacts"), dict):
-            status.artifacts = artifacts_from_result(result["artifacts"])
-        if status.progress is not None and status.progress.total_steps:
-            status.progress.step = status.progress.total_steps
-            status.progress.percent = 100
-    after = status.to_wire()
-    if after == before:
-        return  # nothing new: no write, no event
-    kube.patch_custom_status(api, PLURAL, namespace, ftj_name, after)
-    if stop_job:
-        kube.delete_job(api, namespace, status.trainer_job)
-    if previous is None or previous.reason != decision.reason:  # a transition: new phase or new reason
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=_event_type(decision), reason=decision.reason, message=decision.message)
-
-
-# A new Job's first events carry an empty status: nothing to learn from them.
-@kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT}, when=lambda status, **_: bool(status))
-def trainer_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A trainer Job changed (pod failed, retried, completed): update its FineTuneJob."""
-    assert namespace is not None
-    sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
-
-
-def _pod_news(status: kopf.Status, **_: Any) -> bool:
-    """Pod events worth a status sync: it runs or ended, or the scheduler cannot place it."""
-    if status.get("phase") not in (None, "Pending"):
-        return True
-    return any(c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
-
-
-@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT}, when=_pod_news)
-def trainer_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A trainer pod was scheduled, started, or could not be placed: update its FineTuneJob."""
-    assert namespace is not None
-    sync_status(memo.api, namespace, body["metadata"]["labels"][FTJ_LABEL], logger)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    id="progress",
-    interval=10.0,
-    initial_delay=5.0,
-    when=lambda status, **_: status.get("phase") in (Phase.training, Phase.exporting),
-)
-def poll_progress(name: str, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Refresh progress from the trainer's log while it trains (log lines raise no watch event)."""
-    assert namespace is not None
-    sync_status(memo.api, namespace, name, logger)
+def _metrics_port(pod: Mapping[str, Any]) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == METRICS_PORT_NAME:
+                return int(port["containerPort"])
+    return None

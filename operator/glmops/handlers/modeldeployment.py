@@ -226,11 +226,11 @@ def _write(api: client.ApiClient, body: Mapping[str, Any], previous: ModelDeploy
         return True
     metadata = body["metadata"]
     try:
-        kube.patch_custom_status_if(api, PLURAL, metadata["namespace"], metadata["name"], after, str(metadata["resourceVersion"]))
-    except ApiException as exc:
-        if exc.status == 409:
-            return False
-        raise
+        kube.patch_custom_status(
+            api, PLURAL, metadata["namespace"], metadata["name"], after, resource_version=str(metadata["resourceVersion"])
+        )
+    except kube.ConflictError:
+        return False
     _event_for(body, previous, status)
     return True
 

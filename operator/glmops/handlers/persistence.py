@@ -18,12 +18,19 @@ Here:
 
 from __future__ import annotations
 
-from typing import Any, cast
+import json
+from typing import Any, Protocol, cast
 
 import kopf
 
 DIFFBASE_FIELD = "status.lastHandledConfiguration"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+class Handoff(Protocol):
+    """Tells the storage which diff bases a handler already wrote in its own status write."""
+
+    def take(self, uid: str, diffbase: str) -> bool: ...
 
 
 class StatusDiffBase(kopf.StatusDiffBaseStorage):
@@ -32,7 +39,25 @@ class StatusDiffBase(kopf.StatusDiffBaseStorage):
     kopf copies the entire body (managed fields, status, kubectl's last-applied annotation)
     and then drops all but spec, labels and annotations. This hands it only those parts, so
     the essence, and every diff made from it, is the same at a fraction of the copying.
+
+    The FineTuneJob handler writes status itself, conditionally (resourceVersion), and puts
+    the diff base (`essence_json`) into that write; `handoff` then tells `store` not to send
+    it a second time.
     """
+
+    def __init__(self, *, field: str, handoff: Handoff | None = None) -> None:
+        super().__init__(field=field)
+        self.handoff = handoff
+
+    def essence_json(self, body: kopf.Body) -> str:
+        """The diff base of `body`, encoded exactly as kopf stores it."""
+        return json.dumps(self.build(body=body), separators=(",", ":"))
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        uid = str(body.get("metadata", {}).get("uid", ""))
+        if self.handoff is not None and self.handoff.take(uid, json.dumps(essence, separators=(",", ":"))):
+            return  # already written with the handler's own status write
+        super().store(body=body, patch=patch, essence=essence)
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
         metadata = body.get("metadata") or {}

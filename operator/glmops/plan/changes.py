@@ -1,34 +1,46 @@
-"""Which parts of a FineTuneJob's spec changed, from kopf's diff of the last-handled spec."""
+"""Which parts of a FineTuneJob's spec changed since its trainer was created. Pure.
+
+The trainer Job carries a hash of every immutable section of the spec it was made from
+(annotation `glmops.io/spec-sections`). Comparing the current spec with those hashes says what
+changed, whatever happened in between: an operator restart, an edit made while it was down, or
+a change that was later reverted (which clears the refusal again).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import hashlib
+import json
+from collections.abc import Mapping
 
-IMMUTABLE_SECTIONS = ("model", "dataset", "training")
-"""What a running trainer was started with; changing it would not reach the trainer."""
+from glmops.api.finetunejob import FineTuneJobSpec
 
-DiffOp = tuple[str, Sequence[Any], Any, Any]
+IMMUTABLE_SECTIONS = ("model", "dataset", "training", "resources", "output")
+"""What a running trainer was started with: changing it would not reach the trainer (resources:
+its pods are placed; output: it writes there, and the export follows it)."""
 
 
-def changed_immutable_sections(diff: Iterable[DiffOp]) -> list[str]:
-    """The immutable spec sections that `diff` touches, sorted.
+def spec_section_hashes(spec: FineTuneJobSpec) -> dict[str, str]:
+    """A short hash of each immutable section, as the API model serialises it (defaults included)."""
+    wire = spec.to_wire()
+    return {
+        section: hashlib.sha256(json.dumps(wire.get(section), sort_keys=True).encode()).hexdigest()[:16]
+        for section in IMMUTABLE_SECTIONS
+    }
 
-    kopf reports paths relative to a handler's `field=`: ('training', 'epochs') for a handler
-    on `spec`, ('spec', 'training', 'epochs') for one on the whole object. A change higher up
-    (the whole spec set at once) carries the old and new dicts, which are compared per section.
+
+def changed_sections(created_from: Mapping[str, str], spec: FineTuneJobSpec) -> list[str]:
+    """The immutable sections whose hash differs from the ones the trainer was created from, sorted.
+
+    A section missing from `created_from` (a trainer made by an older operator) counts as unchanged.
     """
-    changed: set[str] = set()
-    for _op, path, old, new in diff:
-        steps = list(path)
-        if steps and steps[0] == "spec":
-            steps = steps[1:]
-        if steps:
-            if steps[0] in IMMUTABLE_SECTIONS:
-                changed.add(str(steps[0]))
-            continue
-        before, after = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
-        if "spec" in before or "spec" in after:  # the whole object changed
-            before, after = before.get("spec") or {}, after.get("spec") or {}
-        changed.update(s for s in IMMUTABLE_SECTIONS if before.get(s) != after.get(s))
-    return sorted(changed)
+    now = spec_section_hashes(spec)
+    return sorted(s for s in IMMUTABLE_SECTIONS if s in created_from and created_from[s] != now[s])
+
+
+def parse_section_hashes(annotation: str | None) -> dict[str, str]:
+    """The hashes of the `glmops.io/spec-sections` annotation; {} when absent or unreadable."""
+    try:
+        raw = json.loads(annotation or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from glmops.api.common import LABEL_KEY_PATTERN
 from glmops.api.defaults import VARIANT_DEFAULTS, ResolvedTraining, default_gpus_per_node, resolve_training
 from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
 from glmops.conditions import Reason
+from glmops.contract.config import POD_IP_ENV
+from glmops.contract.uris import parse_uri, pod_path
 from glmops.plan import names
+from glmops.plan.changes import spec_section_hashes
 from glmops.plan.memory import MemoryPlan, plan_memory
 from glmops.plan.placement import (
     GPU_COUNT_LABEL,
@@ -28,16 +33,23 @@ from glmops.plan.placement import (
     largest_offer,
     nodes_that_fit,
     pod_security_context,
-    scale_quantity,
 )
 from glmops.plan.problems import Problem
+from glmops.plan.quantity import scale_quantity
 from glmops.plan.storage import credential_env, credential_secrets, storage_problems
-from glmops.plan.uris import parse_uri, pod_path
 from glmops.settings import Settings
 
 __all__ = ["GPU_COUNT_LABEL", "GPU_MEMORY_LABEL", "GPU_PRODUCT_LABEL", "GPU_RESOURCE", "GpuNode", "Problem"]
 
 FTJ_LABEL = "glmops.io/finetunejob"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "glmops"
+"""Every Job and pod glmops creates carries MANAGED_BY_LABEL=MANAGED_BY; the operator's watches select on it."""
+COMPONENT_LABEL = "glmops.io/component"  # trainer | export
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MIN_SUSPEND_MINOR = 22  # Job.spec.suspend is on by default (beta) from 1.22; Kueue relies on it
+SPEC_SECTIONS_ANNOTATION = "glmops.io/spec-sections"  # on the trainer Job: hashes of the spec it was made from
+METRICS_PORT_NAME = "metrics"
 CONFIG_FILE = "job.json"
 SCRATCH_DIR = "/scratch"  # writable emptyDir (HOME, TMPDIR); a dedicated path shadows nothing of the image
 CONFIG_ANNOTATION = "glmops.io/trainer-config"  # pod template annotation, mounted as CONFIG_FILE
@@ -82,7 +94,11 @@ class Placement:
 
 @dataclass(frozen=True)
 class FineTunePlan:
-    """The result of planning: problems (then nothing runs) or the objects to apply."""
+    """The result of planning: problems (then nothing runs) or the objects to apply.
+
+    `problems` end the job, unless every one of them `waits` (a missing PVC or Secret, which
+    GitOps tools may apply after the job); `advisories` let it run with a condition.
+    """
 
     training: ResolvedTraining
     memory: MemoryPlan
@@ -90,6 +106,12 @@ class FineTunePlan:
     problems: tuple[Problem, ...]
     trainer_config: dict[str, Any]
     objects: tuple[dict[str, Any], ...]
+    advisories: tuple[Problem, ...] = ()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the only problems are objects the cluster lacks for now."""
+        return bool(self.problems) and all(p.waits for p in self.problems)
 
 
 def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, settings: Settings) -> FineTunePlan:
@@ -110,12 +132,17 @@ def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, set
         gpus_per_node=gpus_per_node,
         min_gpu_memory_mib=_min_gpu_memory_mib(spec, memory, settings),
     )
-    problems = tuple(validate_finetune(meta, spec, training, memory, placement, facts))
+    problems = validate_finetune(meta, spec, training, memory, placement, facts)
+    advisories: list[Problem] = []
+    if settings.placement_check == "advisory":
+        # Pools that scale from zero have no fitting node until a pod is pending: run, and say so.
+        advisories = [p for p in problems if p.reason is Reason.not_enough_gpus and p.field == "spec.resources"]
+        problems = [p for p in problems if p not in advisories]
     if problems:
-        return FineTunePlan(training, memory, placement, problems, {}, ())
+        return FineTunePlan(training, memory, placement, tuple(problems), {}, ())
     config = render_trainer_config(meta, spec, training, settings)
     objects = build_trainer_objects(meta, spec, placement, config, settings)
-    return FineTunePlan(training, memory, placement, (), config, tuple(objects))
+    return FineTunePlan(training, memory, placement, (), config, tuple(objects), tuple(advisories))
 
 
 def _min_gpu_memory_mib(spec: FineTuneJobSpec, memory: MemoryPlan, settings: Settings) -> int:
@@ -182,7 +209,7 @@ def validate_finetune(
             )
     problems += [Problem(reason, where, message) for reason, where, message in storage_problems(spec)]
     for field_path, uri in _pvc_uris(spec):
-        claim = parse_uri(uri).claim
+        claim = parse_uri(uri, field_path).claim
         if claim and claim not in facts.pvcs:
             problems.append(
                 Problem(
@@ -212,16 +239,66 @@ def validate_finetune(
         )
     if facts.gpu_nodes is not None:
         fit = _nodes_that_fit(placement, spec, facts.gpu_nodes)
-        if not fit:
+        if len(fit) < placement.nodes:
+            # Each pod of a multi-node run needs its own node: `nodes` distinct fitting nodes.
+            where = (
+                f"only {len(fit)} of the {placement.nodes} nodes needed have"
+                if fit and placement.nodes > 1
+                else "no node has"
+            )
             problems.append(
                 Problem(
                     Reason.not_enough_gpus,
                     "spec.resources",
-                    f"no node has {placement.gpus_per_node} GPU(s) with >= {placement.min_gpu_memory_gib:.1f} GiB each"
+                    f"{where} {placement.gpus_per_node} GPU(s) with >= {placement.min_gpu_memory_gib:.1f} GiB each"
                     + (f" of product {spec.resources.gpu_product}" if spec.resources.gpu_product else "")
-                    + f"; largest offer: {_largest_offer(facts.gpu_nodes)}; lower gpusPerNode/gpuMemoryGiB or add such nodes",
+                    + f"; largest offer: {_largest_offer(facts.gpu_nodes)}; lower gpusPerNode/gpuMemoryGiB/nodes or add such nodes",
                 )
             )
+    if spec.queue_name and facts.server_minor < MIN_SUSPEND_MINOR:
+        problems.append(
+            Problem(
+                Reason.suspend_unsupported,
+                "spec.queueName",
+                f"Kueue admits Jobs that are created suspended, which needs Kubernetes >= 1.{MIN_SUSPEND_MINOR}; this "
+                f"cluster is 1.{facts.server_minor}; remove queueName or upgrade the cluster",
+            )
+        )
+    problems += _label_problems(spec)
+    return problems
+
+
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_RESERVED_LABELS = (FTJ_LABEL, MANAGED_BY_LABEL, COMPONENT_LABEL, "app.kubernetes.io/name", "app.kubernetes.io/instance")
+
+
+def _label_problems(spec: FineTuneJobSpec) -> list[Problem]:
+    """Map keys the CRD can check only with CEL (absent on older servers), and keys glmops owns."""
+    problems: list[Problem] = []
+    maps = {
+        "spec.resources.nodeSelector": spec.resources.node_selector,
+        "spec.podTemplate.labels": spec.pod_template.labels,
+        "spec.podTemplate.annotations": spec.pod_template.annotations,
+    }
+    for field_path, mapping in maps.items():
+        for key in mapping:
+            if not _LABEL_KEY.match(key) or len(key.rpartition("/")[0]) > 253:
+                problems.append(
+                    Problem(
+                        Reason.invalid_spec,
+                        f"{field_path}[{key!r}]",
+                        "not a valid key: an optional DNS-subdomain prefix and '/', then 1-63 characters of "
+                        "[A-Za-z0-9-_.] that start and end alphanumeric",
+                    )
+                )
+            elif field_path != "spec.resources.nodeSelector" and (key in _RESERVED_LABELS or key.startswith("glmops.io/")):
+                problems.append(
+                    Problem(
+                        Reason.label_reserved,
+                        f"{field_path}[{key!r}]",
+                        "glmops sets this key itself; choose a key outside glmops.io/ and the app.kubernetes.io/ keys glmops uses",
+                    )
+                )
     return problems
 
 
@@ -285,18 +362,20 @@ def render_trainer_config(
             "formats": [f.value for f in spec.output.formats],
             "quantizations": [q.value for q in spec.output.quantizations] if OutputFormat.gguf in spec.output.formats else [],
         },
-        "runtime": {"pvc_mount_root": settings.pvc_mount_root},
+        "runtime": {"pvc_mount_root": settings.pvc_mount_root, "metrics_port": settings.trainer_metrics_port},
     }
 
 
 # --- Kubernetes objects -----------------------------------------------------------------------
 
 
-def _labels(meta: JobMeta) -> dict[str, str]:
+def child_labels(meta: JobMeta, component: str) -> dict[str, str]:
+    """Labels of every object glmops creates for a FineTuneJob (`component`: trainer or export)."""
     return {
-        "app.kubernetes.io/name": "glmops-trainer",
+        "app.kubernetes.io/name": f"glmops-{component}",
         "app.kubernetes.io/instance": meta.name,
-        "app.kubernetes.io/managed-by": "glmops",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        COMPONENT_LABEL: component,
         FTJ_LABEL: meta.name,
     }
 
@@ -305,7 +384,7 @@ def build_trainer_objects(
     meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, config: dict[str, Any], settings: Settings
 ) -> list[dict[str, Any]]:
     """The trainer Job (carrying its config), and for several nodes a headless Service first."""
-    labels = _labels(meta)
+    labels = child_labels(meta, "trainer")
     objects: list[dict[str, Any]] = []
     multi_node = placement.nodes > 1
     if multi_node:
@@ -358,6 +437,8 @@ def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: S
         {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "GLMOPS_JOB", "value": meta.name},
+        # The progress endpoint binds to the pod's own address, where the operator reads it.
+        {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
     if placement.nodes > 1:
@@ -392,7 +473,7 @@ def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[
     ]
     claims: dict[str, bool] = {}  # claim -> read-only
     for field_path, uri in _pvc_uris(spec):
-        claim = parse_uri(uri).claim
+        claim = parse_uri(uri, field_path).claim
         assert claim is not None
         read_only = field_path != "spec.output.destination"
         claims[claim] = claims.get(claim, True) and read_only
@@ -414,7 +495,7 @@ def _trainer_job(
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(meta, spec, settings)
     gpus = str(placement.gpus_per_node)
-    cpu = str(int(settings.cpu_per_gpu) * placement.gpus_per_node) if settings.cpu_per_gpu.isdigit() else settings.cpu_per_gpu
+    cpu = scale_quantity(settings.cpu_per_gpu, placement.gpus_per_node)
     memory = scale_quantity(settings.memory_per_gpu, placement.gpus_per_node)
     container = {
         "name": "trainer",
@@ -430,8 +511,10 @@ def _trainer_job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
     }
+    ports: list[dict[str, Any]] = [{"name": METRICS_PORT_NAME, "containerPort": settings.trainer_metrics_port}]
     if multi_node:
-        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
+    container["ports"] = ports
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the trainer never talks to the API
@@ -444,19 +527,51 @@ def _trainer_job(
     }
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    apply_pod_template(pod_spec, spec)
     job_spec: dict[str, Any] = {
+        # Kubernetes replaces a failed pod up to backoffLimit times: maxRetries retries, maxRetries+1 pods.
         "backoffLimit": spec.failure_policy.max_retries,
         "template": {
-            "metadata": {"labels": dict(labels), "annotations": {CONFIG_ANNOTATION: json.dumps(config, indent=2, sort_keys=True)}},
+            "metadata": pod_metadata(labels, spec, {CONFIG_ANNOTATION: json.dumps(config, indent=2, sort_keys=True)}),
             "spec": pod_spec,
         },
     }
     if multi_node:
         pod_spec["subdomain"] = names.trainer_service_name(meta.name)
         job_spec.update({"completionMode": "Indexed", "completions": placement.nodes, "parallelism": placement.nodes})
+    job_labels = dict(labels)
+    if spec.queue_name:
+        # Kueue admits the Job by unsuspending it once the queue's quota allows.
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+        job_spec["suspend"] = True
+    annotations = {SPEC_SECTIONS_ANNOTATION: json.dumps(spec_section_hashes(spec), sort_keys=True)}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": names.trainer_job_name(meta.name), "namespace": meta.namespace, "labels": labels},
+        "metadata": {
+            "name": names.trainer_job_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": job_labels,
+            "annotations": annotations,
+        },
         "spec": job_spec,
     }
+
+
+def pod_metadata(labels: dict[str, str], spec: FineTuneJobSpec, annotations: dict[str, str]) -> dict[str, Any]:
+    """A pod template's metadata: the user's extra labels and annotations, then glmops' own (which win)."""
+    return {
+        "labels": {**spec.pod_template.labels, **labels},
+        "annotations": {**spec.pod_template.annotations, **annotations},
+    }
+
+
+def apply_pod_template(pod_spec: dict[str, Any], spec: FineTuneJobSpec) -> None:
+    """Add spec.podTemplate's priority class, service account and image pull secrets to a pod spec."""
+    template = spec.pod_template
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in template.image_pull_secrets]

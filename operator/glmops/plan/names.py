@@ -25,3 +25,8 @@ def trainer_job_name(ftj: str) -> str:
 def trainer_service_name(ftj: str) -> str:
     """The headless Service that gives multi-node trainer pods stable DNS names."""
     return child_name(ftj, "trainer")
+
+
+def export_job_name(ftj: str) -> str:
+    """The batch/v1 Job that exports the trained adapter on CPU. Its pods get 5-6 more characters, so stay <= 52."""
+    return child_name(ftj, "export", max_length=52)

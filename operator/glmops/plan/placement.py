@@ -86,9 +86,3 @@ def largest_offer(nodes: Sequence[GpuNode]) -> str:
     best = max(gpu_nodes, key=lambda n: (n.gpu_memory_mib, n.gpus))
     return f"{best.gpus} x {best.gpu_memory_mib // 1024} GiB ({best.product or best.name})"
 
-
-def scale_quantity(quantity: str, factor: int) -> str:
-    """Multiply a quantity like `32Gi` by an integer, keeping its unit."""
-    digits = "".join(ch for ch in quantity if ch.isdigit())
-    unit = quantity[len(digits) :]
-    return f"{int(digits) * factor}{unit}" if digits else quantity

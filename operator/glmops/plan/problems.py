@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from glmops.conditions import Reason
+
+WAITING_REASONS = frozenset({Reason.secret_not_found, Reason.pvc_not_found})
+"""Problems that the cluster, not the spec, must fix: the resource waits for the object instead of failing."""
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -12,6 +17,11 @@ class Problem:
     reason: str
     field: str
     message: str
+
+    @property
+    def waits(self) -> bool:
+        """Whether the resource waits for this to be fixed (a missing PVC or Secret) rather than failing."""
+        return self.reason in WAITING_REASONS
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"

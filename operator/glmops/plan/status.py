@@ -1,33 +1,62 @@
-"""FineTuneJob status from what its trainer Job and pods show. Pure."""
+"""A FineTuneJob's status, computed in one place from what its Jobs and pods show. Pure.
+
+`next_status` is the only function that decides a job's phase once its trainer exists: every
+trigger (a Job or pod event, a spec change, the progress poll, an operator restart) observes the
+cluster, calls it with the status it just read, and writes the result back conditionally (the
+resourceVersion it read). Terminal phases are absorbing: once Succeeded, Failed or Cancelled,
+`next_status` changes nothing but asks that children still running be stopped.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from glmops.api.finetunejob import Phase
-from glmops.conditions import Reason
+from glmops.api.common import ConditionStatus
+from glmops.api.finetunejob import FineTuneJobStatus, Phase
+from glmops.conditions import ConditionType, Reason, find_condition, set_condition
+from glmops.contract.records import ProgressRecord, ResultRecord
+from glmops.trainer_protocol import artifacts_from_results, progress_from_record
+
+TERMINAL = frozenset({Phase.succeeded, Phase.failed, Phase.cancelled})
+
+USER_ERRORS = frozenset({"ConfigError", "DataError"})
+"""The trainer's own verdicts that no retry can change: the spec or the data must be fixed."""
 
 
 @dataclass(frozen=True)
-class TrainerObservation:
-    """The parts of the trainer Job and its newest pod that decide the job's phase."""
+class JobObservation:
+    """A batch/v1 Job of the run and its newest pod, as the operator saw them."""
 
-    job_missing: bool = False  # the trainer Job is gone or being deleted
-    job_succeeded: bool = False
-    job_failed: bool = False  # the Job controller gave up (backoffLimit reached)
-    job_failure_message: str = ""
+    missing: bool = False  # gone, or being deleted
+    succeeded: bool = False
+    failed: bool = False  # the Job controller gave up (backoffLimit reached)
+    failure_message: str = ""
     failed_pods: int = 0
+    suspended: bool = False  # waiting for Kueue to admit it
+    pod_name: str = ""
     pod_phase: str = ""  # Pending | Running | Succeeded | Failed | ""
+    node_name: str = ""
     unschedulable_message: str = ""  # from the pod's PodScheduled=False condition
-    container_waiting_reason: str = ""  # e.g. ErrImagePull
-    container_waiting_message: str = ""
-    exporting: bool = False  # the trainer said it finished training and exports now
-    trainer_reason: str = ""  # from the newest failed pod's result: ConfigError, DataError, TrainingError
-    trainer_message: str = ""
+    waiting_reason: str = ""  # e.g. ErrImagePull
+    waiting_message: str = ""
+    result: ResultRecord | None = None  # the newest terminated pod's termination message
+    finished_at: str = ""  # when the Job completed (RFC 3339)
 
 
-# The trainer's own verdicts that no retry can change: the spec or the data must be fixed.
-USER_ERRORS = frozenset({"ConfigError", "DataError"})
+@dataclass(frozen=True)
+class Observation:
+    """Everything `next_status` needs about one FineTuneJob beyond its stored status."""
+
+    generation: int
+    trainer: JobObservation
+    export: JobObservation | None = None  # None: no export Job recorded yet
+    progress: ProgressRecord | None = None  # read from the trainer's endpoint
+    changed_sections: tuple[str, ...] = ()  # immutable spec sections that differ from the trainer's
+    cancel: bool = False
+    max_retries: int = 3
+    needs_export: bool = True  # always: the export publishes even an adapter-only job's manifest
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -39,58 +68,264 @@ class PhaseDecision:
     message: str
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The new status and what the operator must do around writing it."""
+
+    status: FineTuneJobStatus
+    create_export: bool = False  # create the export Job, then record its name (before the write)
+    stop_children: bool = False  # delete the run's Jobs (after the write: the status says why first)
+    event: PhaseDecision | None = None  # a transition worth an event (after the write)
+
+
 def cancelled_by_request() -> PhaseDecision:
     """The decision when spec.cancel is set."""
     return PhaseDecision(
         Phase.cancelled,
         Reason.cancelled,
-        "spec.cancel is true: the trainer was stopped; checkpoints and artifacts already written are kept",
+        "spec.cancel is true: the run was stopped; checkpoints and artifacts already written are kept",
     )
 
 
-def decide_phase(obs: TrainerObservation, max_retries: int, trainer_job: str = "") -> PhaseDecision:
-    """Which phase the job is in, given its trainer's Job and newest pod."""
-    if obs.job_missing:
-        # The operator creates the Job before it records its name and deletes it only after a
-        # terminal phase is recorded, so a missing Job was deleted by someone else.
-        return PhaseDecision(
-            Phase.cancelled,
-            Reason.trainer_job_deleted,
-            f"the trainer Job{' ' + trainer_job if trainer_job else ''} was deleted outside the operator, so the job cannot go on; "
-            "to stop a job use spec.cancel, to train again create a new FineTuneJob",
-        )
-    if obs.job_succeeded:
-        return PhaseDecision(Phase.succeeded, Reason.completed, "training and export finished; artifacts are recorded in status")
-    if obs.trainer_reason in USER_ERRORS:
+def _deleted(kind: str, name: str) -> PhaseDecision:
+    # The operator creates a Job before it records its name and deletes it only after a terminal
+    # phase is recorded, so a recorded Job that is gone was deleted by someone else.
+    return PhaseDecision(
+        Phase.cancelled,
+        Reason.trainer_job_deleted,
+        f"the {kind} Job {name} was deleted outside the operator, so the job cannot go on; "
+        "to stop a job use spec.cancel, to train again create a new FineTuneJob",
+    )
+
+
+def decide_phase(status: FineTuneJobStatus, obs: Observation) -> PhaseDecision:
+    """Which phase the job is in, given its Jobs and their newest pods."""
+    if obs.cancel:
+        return cancelled_by_request()
+    trainer, export = obs.trainer, obs.export
+    if export is not None:
+        return _export_phase(status, export)
+    if trainer.missing:
+        return _deleted("trainer", status.trainer_job or "")
+    if trainer.succeeded:
+        return PhaseDecision(Phase.exporting, Reason.exporting, "training finished; the export Job publishes the artifacts")
+    result = trainer.result
+    if result is not None and result.status == "Failed" and result.reason in USER_ERRORS:
         return PhaseDecision(
             Phase.failed,
-            obs.trainer_reason,
-            f"{obs.trainer_message}; fix spec.dataset or spec.training and create a new FineTuneJob (retrying cannot help)",
+            result.reason,
+            f"{result.message}; fix spec.dataset or spec.training and create a new FineTuneJob (retrying cannot help)",
         )
-    if obs.job_failed:
-        detail = obs.trainer_message or obs.job_failure_message or "the trainer failed"
+    if trainer.failed:
+        detail = (result.message if result and result.status == "Failed" else "") or trainer.failure_message or "the trainer failed"
         return PhaseDecision(
             Phase.failed,
             Reason.retries_exhausted,
-            f"{detail}; the trainer failed {obs.failed_pods} time(s) (failurePolicy.maxRetries={max_retries}); "
+            f"{detail}; the trainer failed {trainer.failed_pods} time(s) (failurePolicy.maxRetries={obs.max_retries}); "
             "see `kubectl logs job/<trainer job>` and fix the cause, then create a new FineTuneJob",
         )
-    if obs.unschedulable_message:
+    if trainer.suspended:
+        return PhaseDecision(Phase.pending, Reason.pending, "the trainer Job waits in its Kueue queue (spec.queueName) for admission")
+    if trainer.unschedulable_message:
         return PhaseDecision(
             Phase.pending,
             Reason.unschedulable,
-            f"the trainer pod cannot be placed: {obs.unschedulable_message}; check spec.resources "
+            f"the trainer pod cannot be placed: {trainer.unschedulable_message}; check spec.resources "
             "(gpusPerNode, gpuMemoryGiB, gpuProduct, nodeSelector, tolerations) against the cluster's GPU nodes",
         )
-    if obs.container_waiting_reason and obs.container_waiting_reason not in ("ContainerCreating", "PodInitializing"):
+    if trainer.waiting_reason and trainer.waiting_reason not in ("ContainerCreating", "PodInitializing"):
         return PhaseDecision(
             Phase.pending,
-            obs.container_waiting_reason,
-            f"the trainer container cannot start: {obs.container_waiting_message or obs.container_waiting_reason}",
+            trainer.waiting_reason,
+            f"the trainer container cannot start: {trainer.waiting_message or trainer.waiting_reason}",
         )
-    if obs.pod_phase == "Running":
-        if obs.exporting:
-            return PhaseDecision(Phase.exporting, Reason.exporting, "training finished; writing adapter, merged weights and GGUF")
-        retry = f" (retry {obs.failed_pods} of {max_retries}, resuming from the last checkpoint)" if obs.failed_pods else ""
+    if trainer.pod_phase == "Running":
+        retry = f" (retry {trainer.failed_pods} of {obs.max_retries}, resuming from the last checkpoint)" if trainer.failed_pods else ""
         return PhaseDecision(Phase.training, Reason.training, f"the trainer is running{retry}")
     return PhaseDecision(Phase.pending, Reason.pending, "waiting for the trainer pod to start")
+
+
+def _export_phase(status: FineTuneJobStatus, export: JobObservation) -> PhaseDecision:
+    if export.missing:
+        return _deleted("export", status.export_job or "")
+    if export.succeeded:
+        return PhaseDecision(Phase.succeeded, Reason.completed, "training and export finished; artifacts are recorded in status")
+    result = export.result
+    if result is not None and result.status == "Failed" and result.reason in USER_ERRORS:
+        return PhaseDecision(Phase.failed, Reason.export_failed, f"{result.message}; the export cannot succeed as configured")
+    if export.failed:
+        detail = (result.message if result and result.status == "Failed" else "") or export.failure_message or "the export failed"
+        return PhaseDecision(
+            Phase.failed,
+            Reason.export_failed,
+            f"{detail}; the export failed {export.failed_pods} time(s); see `kubectl logs job/{status.export_job}`",
+        )
+    return PhaseDecision(Phase.exporting, Reason.exporting, "training finished; the export Job publishes the artifacts")
+
+
+def _top_condition(phase: Phase) -> ConditionStatus:
+    return {Phase.succeeded: ConditionStatus.true, Phase.failed: ConditionStatus.false, Phase.cancelled: ConditionStatus.false}.get(
+        phase, ConditionStatus.unknown
+    )
+
+
+def apply_decision(status: FineTuneJobStatus, decision: PhaseDecision, generation: int, now: datetime) -> None:
+    """Set the phase, the Succeeded condition and, for an end, the completion time."""
+    status.phase = decision.phase
+    status.observed_generation = generation
+    status.conditions = set_condition(
+        status.conditions, ConditionType.succeeded, _top_condition(decision.phase), decision.reason, decision.message, generation, now
+    )
+    if decision.phase in TERMINAL:
+        status.completion_time = status.completion_time or now
+
+
+def next_status(current: FineTuneJobStatus, obs: Observation) -> Decision:
+    """The status after `obs`, and what to do around writing it. `current` is not changed."""
+    status = current.model_copy(deep=True)
+    alive = _active(obs.trainer) or (obs.export is not None and _active(obs.export))
+    if status.phase in TERMINAL:
+        # Absorbing: nothing observed later changes an ended job; children still alive are stopped.
+        return Decision(status, stop_children=alive and status.phase is not Phase.succeeded)
+    gen = obs.generation
+    decision = decide_phase(status, obs)
+    previous = find_condition(status.conditions, ConditionType.succeeded)
+
+    _set_immutability(status, obs, gen)
+    _set_scheduled(status, obs.trainer, decision, gen, obs.now)
+    status.retries = obs.trainer.failed_pods
+    if obs.progress is not None:
+        status.progress = progress_from_record(obs.progress)
+    elif obs.trainer.result is not None and obs.trainer.succeeded and obs.trainer.result.total_steps:
+        # The pod is gone with its endpoint; its result has the last numbers.
+        status.progress = progress_from_record(
+            ProgressRecord(
+                step=obs.trainer.result.step,
+                total_steps=obs.trainer.result.total_steps,
+                loss=obs.trainer.result.train_loss,
+                eval_loss=obs.trainer.result.eval_loss,
+                tokens_per_second=obs.trainer.result.tokens_per_second,
+                eta_seconds=0,
+                time_unix=0.0,  # unknown; a fixed value keeps the status unchanged on every later look
+                kind="final",
+            )
+        )
+    if decision.phase in (Phase.training, Phase.exporting) and status.start_time is None:
+        status.start_time = obs.now
+    create_export = decision.phase is Phase.exporting and obs.export is None and obs.needs_export
+    if decision.phase is Phase.succeeded:
+        results = [r for r in (obs.trainer.result, obs.export.result if obs.export else None) if r is not None]
+        status.artifacts = artifacts_from_results(results)
+        if status.progress is not None and status.progress.total_steps:
+            status.progress.step = status.progress.total_steps
+            status.progress.percent = 100
+            status.progress.eta_seconds = 0
+    apply_decision(status, decision, gen, obs.now)
+    # A cancel removes the run's Jobs; a failure stops what still runs (a user error fails every
+    # retry alike) and keeps Jobs that ended by themselves, with their pods' logs.
+    stop = decision.phase is Phase.cancelled or (decision.phase is Phase.failed and alive)
+    transition = previous is None or previous.reason != decision.reason
+    return Decision(status, create_export=create_export, stop_children=stop, event=decision if transition else None)
+
+
+def _active(job: JobObservation) -> bool:
+    return not (job.missing or job.succeeded or job.failed)
+
+
+def _set_immutability(status: FineTuneJobStatus, obs: Observation, gen: int) -> None:
+    validated = find_condition(status.conditions, ConditionType.validated)
+    if obs.changed_sections:
+        message = (
+            f"spec.{', spec.'.join(obs.changed_sections)} changed after the trainer was created; the run keeps the "
+            "original settings. Revert the change, or create a new FineTuneJob"
+        )
+        status.conditions = set_condition(
+            status.conditions, ConditionType.validated, ConditionStatus.false, Reason.spec_immutable, message, gen, obs.now
+        )
+    elif validated is not None and validated.reason in (Reason.spec_immutable, Reason.api_error):
+        # The edit was reverted, or the API answers again: the job is as it was admitted.
+        status.conditions = set_condition(
+            status.conditions, ConditionType.validated, ConditionStatus.true, Reason.spec_valid,
+            "the spec matches the one the trainer was created from", gen, obs.now,
+        )
+
+
+def _set_scheduled(status: FineTuneJobStatus, trainer: JobObservation, decision: PhaseDecision, gen: int, now: datetime) -> None:
+    if decision.reason == Reason.unschedulable:
+        status.conditions = set_condition(
+            status.conditions, ConditionType.scheduled, ConditionStatus.false, decision.reason, decision.message, gen, now
+        )
+    elif trainer.pod_name and trainer.node_name:
+        message = f"pod {trainer.pod_name} runs on node {trainer.node_name}"
+        status.conditions = set_condition(
+            status.conditions, ConditionType.scheduled, ConditionStatus.true, Reason.scheduled, message, gen, now
+        )
+
+
+def is_warning(decision: PhaseDecision) -> bool:
+    """Whether an event for `decision` is a Warning (failures, unplaceable pods, vanished Jobs)."""
+    return decision.phase is Phase.failed or decision.reason in (Reason.unschedulable, Reason.trainer_job_deleted)
+
+
+# --- before the trainer exists: admission ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of checking a new job against the cluster (and, when it passed, creating its trainer)."""
+
+    generation: int
+    problems: tuple[str, ...] = ()  # "field: message" of each problem
+    problem_reason: str = ""  # reason of the first problem
+    waiting: bool = False  # every problem is an object the cluster lacks for now
+    advisories: tuple[str, ...] = ()  # placement doubts that do not stop the job (placementCheck advisory)
+    trainer_job: str = ""  # set when the trainer Job exists (created now or before)
+    destination: str = ""
+    api_error: str = ""  # the cluster could not be read or written (retried)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def admission_status(current: FineTuneJobStatus, adm: Admission) -> Decision:
+    """The status of a job whose trainer did not exist when it was read, after admission."""
+    status = current.model_copy(deep=True)
+    if status.phase in TERMINAL:
+        return Decision(status)
+    gen, now = adm.generation, adm.now
+    previous = find_condition(status.conditions, ConditionType.succeeded)
+    status.observed_generation = gen
+    if adm.api_error:
+        if not status.trainer_job:
+            status.phase = Phase.validating
+        status.conditions = set_condition(
+            status.conditions, ConditionType.validated, ConditionStatus.unknown, Reason.api_error, adm.api_error, gen, now
+        )
+        validated_before = find_condition(current.conditions, ConditionType.validated)
+        new = validated_before is None or validated_before.reason != Reason.api_error
+        return Decision(status, event=PhaseDecision(Phase.validating, Reason.api_error, adm.api_error) if new else None)
+    if adm.problems:
+        message = "; ".join(adm.problems)
+        status.conditions = set_condition(
+            status.conditions, ConditionType.validated, ConditionStatus.false, adm.problem_reason, message, gen, now
+        )
+        if adm.waiting:
+            # GitOps tools apply objects in any order: wait for the PVC or Secret, re-checked on a backoff.
+            waiting = PhaseDecision(Phase.pending, adm.problem_reason, f"waiting: {message}")
+            apply_decision(status, waiting, gen, now)
+            return Decision(status, event=waiting if previous is None or previous.reason != waiting.reason else None)
+        failed = PhaseDecision(Phase.failed, adm.problem_reason, message)
+        apply_decision(status, failed, gen, now)
+        return Decision(status, stop_children=True, event=failed)
+    status.conditions = set_condition(
+        status.conditions, ConditionType.validated, ConditionStatus.true, Reason.spec_valid, "the spec passed all checks", gen, now
+    )
+    if adm.advisories:
+        status.conditions = set_condition(
+            status.conditions, ConditionType.nodes_fit, ConditionStatus.false, Reason.not_enough_gpus,
+            "; ".join(adm.advisories) + " (placementCheck is advisory: the Job was created for a cluster autoscaler to serve)",
+            gen, now,
+        )
+    status.trainer_job = adm.trainer_job
+    status.output_destination = adm.destination
+    pending = PhaseDecision(Phase.pending, Reason.pending, "waiting for the trainer pod to start")
+    apply_decision(status, pending, gen, now)
+    return Decision(status)

@@ -1,8 +1,8 @@
 """Export of a trained adapter: adapter manifest, streaming merge, GGUF, quantizations, atomic publishing.
 
-Entry points: `export_after_training(config, adapter_dir, output_dir)` (called by the training
-recipe) and `run_export(config)` (`python -m glmops_trainer export --config job.json`). Both
-return the manifest written to `artifacts.json`.
+Entry points: `export_after_training(config, adapter_dir, output_dir)` and `run_export(config)`
+(`python -m glmops_trainer export --config job.json`, which the operator runs as its own CPU-only
+Job after training). Both return the manifest written to `artifacts.json`.
 """
 
 from __future__ import annotations

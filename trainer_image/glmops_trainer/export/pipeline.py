@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from glmops.contract.uris import join_uri
 from glmops_trainer.config import OutputFormat, TrainerConfig
 from glmops_trainer.export.adapter import (
     ADAPTER_CONFIG,
@@ -35,6 +36,7 @@ from glmops_trainer.export.merge import MergeError, merge_lora_streaming, read_b
 from glmops_trainer.export.modelfile import read_generation_config, render_modelfile
 from glmops_trainer.export.publish import Artifact, ArtifactStore, FileRecord
 from glmops_trainer.export.quantize import quantize_gguf
+from glmops_trainer.locations import ADAPTER_DIR, MODEL_CACHE_DIR, local_location
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ ADAPTER_SIDE_FILES = (
 def base_model_dir(config: TrainerConfig, output_dir: Path) -> Path:
     """The local base checkpoint, resolved exactly as training resolved it (remote models are cached there)."""
     from glmops_trainer.model.sources import resolve_model_source
-    from glmops_trainer.train import MODEL_CACHE_DIR
 
     return resolve_model_source(
         config.model.source,
@@ -164,7 +165,7 @@ def _export_gguf(
 
 def default_adapter_dir(output_dir: Path, job_uid: str = "") -> Path:
     """The adapter to export when none is named: `<output>/adapter`, else the newest complete checkpoint."""
-    published = output_dir / "adapter"
+    published = output_dir / ADAPTER_DIR
     if (published / ADAPTER_CONFIG).is_file():
         return published
     from glmops_trainer.checkpoints import find_resumable_checkpoint
@@ -180,10 +181,25 @@ def default_adapter_dir(output_dir: Path, job_uid: str = "") -> Path:
 
 def run_export(config: TrainerConfig, adapter_dir: Path | None = None) -> dict[str, Any]:
     """Export the job's trained adapter into its output destination (the `export` subcommand)."""
-    from glmops_trainer.train import local_location
-
     output_dir = local_location(
         config.output.destination, config.runtime.pvc_mount_root, "output.destination"
     )
     adapter = adapter_dir if adapter_dir is not None else default_adapter_dir(output_dir, config.job.uid)
     return export_after_training(config, adapter, output_dir)
+
+
+def artifact_summary(manifest: dict[str, Any], destination: str) -> dict[str, Any]:
+    """The export manifest in the shape of the result record's `artifacts` (the operator's status.artifacts)."""
+    summary: dict[str, Any] = {"manifest": join_uri(destination, "artifacts.json")}
+    for artifact in manifest.get("artifacts", []):
+        if not isinstance(artifact, dict):
+            continue
+        if artifact.get("format") == "adapter":
+            summary["adapter"] = join_uri(destination, ADAPTER_DIR)
+        elif artifact.get("format") == "merged":
+            summary["merged"] = join_uri(destination, "merged")
+        elif artifact.get("format") == "gguf":
+            summary.setdefault("gguf", []).append(
+                {k: artifact.get(k) for k in ("quantization", "uri", "sizeBytes", "sha256")}
+            )
+    return summary

@@ -11,18 +11,14 @@ Errors are `ModelSourceError`s that name the field (`spec.model.source`) and say
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+
+from glmops.contract.uris import MODEL_SCHEMES, Scheme, UriError, parse_uri
 
 SOURCE_FIELD = "spec.model.source"
 """The FineTuneJob field users write the source in; errors name it."""
 
-Scheme = Literal["file", "pvc", "hf", "s3"]
-
-_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class ModelSourceError(ValueError):
@@ -41,44 +37,12 @@ class ModelSource:
 
 
 def parse_model_source(uri: str, field: str = SOURCE_FIELD) -> ModelSource:
-    """Parse `uri` into a ModelSource, or raise ModelSourceError naming `field`."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        raise ModelSourceError(
-            f"{field}: {uri!r} has no scheme; write file:///PATH, pvc://CLAIM/PATH, hf://ORG/NAME[@REVISION] "
-            "or s3://BUCKET/KEY"
-        )
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ModelSourceError(f"{field}: {uri!r} must be absolute: file:///PATH (three slashes)")
-        return ModelSource("file", "/" + rest.lstrip("/"))
-    if scheme == "pvc":
-        claim, _, path = rest.partition("/")
-        if not claim:
-            raise ModelSourceError(f"{field}: {uri!r} names no claim; write pvc://CLAIM/PATH")
-        if ".." in Path(path).parts:
-            raise ModelSourceError(f"{field}: {uri!r} may not contain '..'; write the path inside the claim")
-        return ModelSource("pvc", f"{claim}/{path}".rstrip("/"))
-    if scheme == "hf":
-        repo, at, revision = rest.partition("@")
-        repo = repo.strip("/")
-        if not _HF_REPO.match(repo):
-            raise ModelSourceError(
-                f"{field}: {uri!r} is not a Hugging Face repository; write hf://ORG/NAME or hf://ORG/NAME@REVISION"
-            )
-        if at and not revision:
-            raise ModelSourceError(
-                f"{field}: {uri!r} has an empty revision after '@'; name a branch, tag or commit"
-            )
-        return ModelSource("hf", repo, revision or None)
-    if scheme == "s3":
-        bucket, _, key = rest.partition("/")
-        if not _S3_BUCKET.match(bucket):
-            raise ModelSourceError(f"{field}: {uri!r} has no valid bucket name; write s3://BUCKET/KEY")
-        return ModelSource("s3", f"{bucket}/{key}".rstrip("/"))
-    raise ModelSourceError(
-        f"{field}: scheme {scheme!r} is not supported; use file://, pvc://, hf:// or s3://"
-    )
+    """Parse `uri` with the shared URI grammar (glmops.contract.uris), or raise ModelSourceError naming `field`."""
+    try:
+        parsed = parse_uri(uri, field, MODEL_SCHEMES)
+    except UriError as exc:
+        raise ModelSourceError(str(exc)) from None
+    return ModelSource(parsed.scheme, parsed.location, parsed.revision)
 
 
 def resolve_model_source(
