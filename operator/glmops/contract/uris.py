@@ -4,6 +4,8 @@
     pvc://CLAIM[/PATH]             a path inside a PersistentVolumeClaim (mounted by the operator)
     hf://ORG/NAME[/PATH][@REVISION]  a Hugging Face repository, or a file in one (models and datasets)
     s3://BUCKET[/KEY]              an S3 (or S3-compatible) bucket and key prefix
+    synthetic://NAME               the output of a SyntheticDataset in the same namespace (datasets only;
+                                   the operator resolves it to the dataset's output file)
 
 Each scheme is one regular expression with named groups. The CRD gets the same expressions
 without the group names (RE2, the apiserver's dialect, and Python's `re` read them alike), so
@@ -16,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Scheme = Literal["file", "pvc", "hf", "s3"]
+Scheme = Literal["file", "pvc", "hf", "s3", "synthetic"]
 
 # A path segment other than "..": empty (a doubled or trailing slash), "." or a name.
 _SEGMENT = r"(?:[^/\s.][^/\s]*|\.|\.[^/\s.][^/\s]*|\.\.[^/\s]+)?"
@@ -29,6 +31,7 @@ GRAMMAR: dict[str, str] = {
     "pvc": rf"pvc://(?P<authority>{_DNS_SUBDOMAIN})(?P<path>{_PATH})",
     "hf": rf"hf://(?P<authority>{_HF_NAME}/{_HF_NAME})(?P<path>{_PATH})(?:@(?P<revision>[A-Za-z0-9._/-]+))?",
     "s3": rf"s3://(?P<authority>[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9])(?P<path>{_PATH})",
+    "synthetic": rf"synthetic://(?P<authority>{_DNS_SUBDOMAIN})",
 }
 """One expression per scheme, anchored by `pattern_for`."""
 
@@ -53,6 +56,7 @@ _EXAMPLES = {
     "pvc": "pvc://CLAIM/PATH",
     "hf": "hf://ORG/NAME[@REVISION]",
     "s3": "s3://BUCKET/KEY",
+    "synthetic": "synthetic://SYNTHETICDATASET",
 }
 
 
@@ -63,8 +67,9 @@ def pattern_for(schemes: tuple[Scheme, ...]) -> str:
 
 
 def dataset_pattern() -> str:
-    """The CRD pattern of a dataset source: pvc:// and file:// as everywhere, s3:// and hf:// naming one file."""
-    general = [re.sub(r"\(\?P<\w+>", "(?:", GRAMMAR[s]) for s in ("pvc", "file")]
+    """The CRD pattern of a dataset source: pvc:// and file:// as everywhere, s3:// and hf:// naming one
+    file, and synthetic://NAME (a SyntheticDataset's output)."""
+    general = [re.sub(r"\(\?P<\w+>", "(?:", GRAMMAR[s]) for s in ("pvc", "file", "synthetic")]
     return f"^(?:{'|'.join([*general, DATASET_FILE_GRAMMAR['s3'], DATASET_FILE_GRAMMAR['hf']])})$"
 
 
@@ -130,11 +135,19 @@ def _hint(scheme: str, uri: str) -> str:
         if not segments[0]:
             return "it names no claim; write pvc://CLAIM/PATH"
         return "write pvc://CLAIM/PATH; CLAIM is the PersistentVolumeClaim's name (lower case, digits, '-', '.')"
+    if scheme == "synthetic":
+        return "write synthetic://NAME, NAME being a SyntheticDataset in the same namespace (no path)"
     if scheme == "hf":
         if rest.endswith("@"):
             return "it has an empty revision after '@'; name a branch, tag or commit"
         return "write hf://ORG/NAME or hf://ORG/NAME@REVISION"
     return "write s3://BUCKET/KEY with a valid bucket name (3-63 lower-case letters, digits, '.', '-')"
+
+
+def synthetic_name(uri: str) -> str | None:
+    """The SyntheticDataset a synthetic://NAME dataset source names; None for any other URI."""
+    match = _COMPILED["synthetic"].fullmatch(uri)
+    return match.group("authority") if match else None
 
 
 def pod_path(uri: str, pvc_mount_root: str) -> str | None:

@@ -11,6 +11,7 @@ from kubernetes import client, config
 
 from glmops import kube
 from glmops.api.common import GROUP
+from glmops.handlers import syntheticdataset
 from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache, Poller
 from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
@@ -69,15 +70,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # would need a finalizer on every training job).
     memo.poller = Poller(memo, kwargs["ftj_polled"], kwargs["ftj_outputs"])
     memo.poller.start()
+    memo.synthetic_poller = syntheticdataset.Poller(memo, kwargs["sds_polled"], kwargs["sds_outputs"])
+    memo.synthetic_poller.start()
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
     """Stop the poller and close the API client's connection pool."""
-    poller = getattr(memo, "poller", None)
-    if poller is not None:
-        poller.stop()
+    for name in ("poller", "synthetic_poller"):
+        poller = getattr(memo, name, None)
+        if poller is not None:
+            poller.stop()
     api = getattr(memo, "api", None)
     if api is not None:
         api.close()
