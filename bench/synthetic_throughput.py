@@ -7,16 +7,15 @@ The teacher is llama-server (the llama.cpp build of `scripts/build-llama-cpp.sh`
 `--parallel 8` (eight slots decoded as one batch) serving a small GLM-4.7-Flash-architecture model
 (random weights, hidden size 1024, 4 layers, about 0.1 B parameters in F16 by default; converted by
 llama.cpp's own converter), on this machine's CPU. Large enough that reading the weights, which a
-batch shares, is a real part of a decoding step, as it is for a served model; a model of a few
-MiB would measure only per-token overheads that no batch shares. The generator
+batch shares, is most of a decoding step, as it is for a served model; a model of a few million
+parameters would measure mostly per-sequence overheads that no batch shares (see docs/benchmarks.md). The generator
 (`glmops_trainer.generate.run.generate`, the code the generator pod runs) writes the same
 prompts x samples twice, with maxConcurrency 1 and 8, with the same seeds, each into its own
 output. A sample counts when its requests are done, kept or dropped (a random model's turns are
 often cut at maxTokens: the filters are switched off so that every sample is written).
 
 Figures: samples per second and completion tokens per second at each concurrency, and
-`concurrency_speedup` = samples/s at 8 over samples/s at 1 (goal >= 3 on a machine with cores to
-spare for the teacher's batch). The last line reads `RESULT concurrency_speedup=... ...`.
+`concurrency_speedup` = samples/s at 8 over samples/s at 1 (goal >= 3). The last line reads `RESULT concurrency_speedup=... ...`.
 """
 
 from __future__ import annotations
