@@ -260,7 +260,7 @@ def test_a_killed_generator_pod_is_replaced_and_the_next_continues_with_no_dupli
     another pod, which continues from the journal; the output has exactly prompts x
     samplesPerPrompt samples (none dropped here), each once, and nothing done before is asked again."""
     k = Api(cluster, namespace, glmops_operator)
-    teacher = FakeTeacher(host=teacher_host, delay_s=0.4)
+    teacher = FakeTeacher(host=teacher_host, delay_s=0.6)  # a 4 s window to kill it midway
     try:
         prompts = write_prompts(workdir / "prompts.jsonl", [{"prompt": f"Question number {i}"} for i in range(10)])
         output = workdir / "out" / "synthetic.jsonl"
