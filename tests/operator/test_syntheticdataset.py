@@ -365,3 +365,76 @@ def test_a_teacher_that_never_answers_fails_the_dataset_at_its_deadline_and_the_
         assert not job_status.get("trainerJob")
     finally:
         silent.stop()
+
+
+def test_the_teachers_key_secret_is_waited_for_and_never_leaves_it(
+    cluster: KubeCluster, node_agent: Any, glmops_operator: OperatorProcess, namespace: str, teacher_host: str, workdir: Path
+) -> None:
+    """A dataset naming a key Secret that does not exist yet waits (Pending, Validated=False naming
+    it) and starts once it is created; the key reaches the generator by secretKeyRef only: not in
+    the Job, the dataset's status, its events, or the pod's log."""
+    key = "sk-synthetic-7f3e9a"
+    k = Api(cluster, namespace, glmops_operator)
+    teacher = FakeTeacher(host=teacher_host, api_key=key)
+    try:
+        prompts = write_prompts(workdir / "prompts.jsonl", [{"prompt": f"Question {i}"} for i in range(3)])
+        output = workdir / "synthetic.jsonl"
+        body = sds("keyed", teacher.url, prompts, output)
+        body["spec"]["teacher"]["apiKeySecret"] = {"name": "teacher-key", "key": "token"}
+        k.create("syntheticdatasets", body)
+
+        def waiting() -> dict[str, Any] | None:
+            validated = k.condition("syntheticdatasets", "keyed", "Validated")
+            return validated if validated.get("reason") == "SecretNotFound" else None
+
+        validated = wait_for("the dataset to wait for its Secret", waiting, 60, lambda: k.diagnostics("keyed"))
+        assert "Secret 'teacher-key' does not exist" in validated["message"] and "spec.teacher.apiKeySecret" in validated["message"]
+        assert k.status("syntheticdatasets", "keyed")["phase"] == "Pending"
+        assert not k.status("syntheticdatasets", "keyed").get("generatorJob")
+
+        k.core.create_namespaced_secret(namespace, {"metadata": {"name": "teacher-key"}, "stringData": {"token": key}})
+        wait_for("the dataset to finish", lambda: k.status("syntheticdatasets", "keyed").get("phase") in ("Ready", "Failed"), 180,
+                 lambda: k.diagnostics("keyed"))  # fmt: skip
+        status = k.status("syntheticdatasets", "keyed")
+        assert status["phase"] == "Ready" and status["output"]["samples"] == 3, k.diagnostics("keyed")
+        assert all(s.status == 200 for s in teacher.chat_requests())  # the key was sent
+
+        job = k.job(status["generatorJob"])
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "GLMOPS_TEACHER_API_KEY", "valueFrom": {"secretKeyRef": {"name": "teacher-key", "key": "token"}}} in env
+        log = cluster.kubectl("logs", "-n", namespace, "-l", "glmops.io/syntheticdataset=keyed", "--tail", "-1").stdout
+        events = k.core.list_namespaced_event(namespace).items
+        seen = json.dumps(job) + json.dumps(status) + log + " ".join(str(e.message) for e in events) + glmops_operator.log_tail(400)
+        assert log and key not in seen
+    finally:
+        teacher.stop()
+
+
+def test_restarting_the_operator_while_a_dataset_generates_changes_nothing(
+    cluster: KubeCluster, node_agent: Any, glmops_operator: OperatorProcess, namespace: str, teacher_host: str, workdir: Path
+) -> None:
+    """SIGKILL the operator right after the apply and again while the pod generates: one generator
+    Job, one pod, and the dataset still ends Ready with every sample."""
+    k = Api(cluster, namespace, glmops_operator)
+    teacher = FakeTeacher(host=teacher_host, delay_s=0.5)
+    try:
+        prompts = write_prompts(workdir / "prompts.jsonl", [{"prompt": f"Question {i}"} for i in range(8)])
+        output = workdir / "synthetic.jsonl"
+        k.create("syntheticdatasets", sds("restarted", teacher.url, prompts, output, maxConcurrency=1))
+        glmops_operator.restart()  # SIGKILL, maybe mid-admission
+
+        def generating() -> bool:
+            status = k.status("syntheticdatasets", "restarted")
+            return status.get("phase") == "Generating" or status.get("phase") in ("Ready", "Failed")
+
+        wait_for("the dataset to generate", generating, 120, lambda: k.diagnostics("restarted"))
+        glmops_operator.restart()
+        wait_for("the dataset to finish", lambda: k.status("syntheticdatasets", "restarted").get("phase") in ("Ready", "Failed"), 180,
+                 lambda: k.diagnostics("restarted"))  # fmt: skip
+        status = k.status("syntheticdatasets", "restarted")
+        assert status["phase"] == "Ready" and status["output"]["samples"] == 8, k.diagnostics("restarted")
+        jobs = json.loads(k.batch.list_namespaced_job(namespace, _preload_content=False).data)["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [status["generatorJob"]]
+        assert len(k.pods("glmops.io/syntheticdataset=restarted")) == 1
+    finally:
+        teacher.stop()
