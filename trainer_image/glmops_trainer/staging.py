@@ -384,9 +384,15 @@ class StagedRun:
 
 
 @contextlib.contextmanager
-def staged(config: TrainerConfig, root: Path | None = None, sync_interval_s: float | None = None) -> Iterator[StagedRun]:
-    """Stage `config`'s remote dataset and output (see the module docstring); yields the local run."""
-    remote_data = is_remote(config.data.source)
+def staged(
+    config: TrainerConfig, root: Path | None = None, sync_interval_s: float | None = None, *, dataset: bool = True
+) -> Iterator[StagedRun]:
+    """Stage `config`'s remote dataset and output (see the module docstring); yields the local run.
+
+    `dataset=False` leaves the dataset where it is: the export step never reads it, and a store
+    that is unreachable from the export pod must not fail an export that does not need it.
+    """
+    remote_data = dataset and is_remote(config.data.source)
     remote_output = config.output.destination.startswith("s3://")
     if not (remote_data or remote_output):
         yield StagedRun(config, config)

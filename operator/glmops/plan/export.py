@@ -30,6 +30,7 @@ from glmops.plan.finetune import (
 )
 from glmops.plan.memory import VARIANT_DIMS
 from glmops.plan.quantity import bytes_quantity, parse_quantity
+from glmops.plan.storage import credential_env
 from glmops.settings import Settings
 
 GIB = 1024**3
@@ -108,8 +109,9 @@ def plan_export_job(
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "GLMOPS_JOB", "value": meta.name},
             *({"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())),
-            # The export reads a remote base model with the same credentials as the trainer.
-            *(e for e in trainer_template["spec"]["containers"][0].get("env", []) if "secretKeyRef" in (e.get("valueFrom") or {})),
+            # The export reads the base model and writes the output with the trainer's credentials
+            # and endpoints (an S3-compatible store's endpointUrl included).
+            *credential_env(spec),
         ],
         # No nvidia.com/gpu: the export never touches a GPU.
         "resources": {
