@@ -29,7 +29,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, cast
+from typing import Literal
 
 Scheme = Literal["file", "pvc", "hf", "s3"]
 RepoType = Literal["model", "dataset"]
@@ -133,11 +133,11 @@ _REVISION = rf"(?:refs/pr/[0-9]+|refs/convert/[A-Za-z0-9_.-]+|{_word_except(('re
 _HF_SEGMENT = rf"(?:[^/@{_CTL}.][^/@{_CTL}]*|\.[^/@{_CTL}.][^/@{_CTL}]*|\.\.[^/@{_CTL}]+)"
 _HF_REPO = rf"(?P<authority>{_ORG}/{_NAME})(?:@(?P<revision>{_REVISION}))?"
 
-_LOCAL = {
+_LOCAL: dict[Scheme, str] = {
     "file": rf"file://(?P<path>/{_SEGMENT}{_PATH})",
     "pvc": rf"pvc://(?P<authority>{_DNS_SUBDOMAIN})(?P<path>{_PATH})",
 }
-_FOLDER = {**_LOCAL, "s3": rf"s3://(?P<authority>{_BUCKET})(?P<path>{_PATH})"}
+_FOLDER: dict[Scheme, str] = {**_LOCAL, "s3": rf"s3://(?P<authority>{_BUCKET})(?P<path>{_PATH})"}
 
 GRAMMAR: dict[UriRole, dict[Scheme, str]] = {
     UriRole.model: {
@@ -243,7 +243,7 @@ def parse_uri(uri: str, field: str = "uri", role: UriRole = UriRole.model) -> St
     if scheme not in schemes:
         why = "the Hugging Face Hub is only read from" if scheme == "hf" else f"scheme {scheme!r} is not supported here"
         raise UriError(f"{field}: {why}; use one of {forms}")
-    known = cast(Scheme, scheme)  # one of `schemes`
+    known: Scheme = scheme  # narrowed by the membership test above
     if len(uri) > MAX_URI_LENGTH:
         raise UriError(f"{field}: longer than {MAX_URI_LENGTH} characters")
     match = _COMPILED[role][known].fullmatch(uri)
