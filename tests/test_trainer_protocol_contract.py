@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from glmops.api.finetunejob import FineTuneJobSpec, Quantization
 from glmops.contract import config as contract_config
+from glmops.contract import uris
 from glmops.contract.records import (
     MetricsError,
     ProgressRecord,
@@ -287,6 +288,19 @@ def test_uri_examples(uri: str, role: UriRole, accepted: bool) -> None:
     if accepted and uri.startswith("hf://"):
         parsed = parse_uri(uri, "f", role)
         assert _hub_reads(uri) == (parsed.repo_type, parsed.repo_id, parsed.revision, parsed.key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(st.text(alphabet="abc_", min_size=1, max_size=4), min_size=1, max_size=4),
+    candidate=st.text(alphabet="abc_-", max_size=6),
+)
+def test_a_name_other_than_given_words_is_written_without_look_ahead(words: list[str], candidate: str) -> None:
+    # How the grammar keeps "datasets" from being an ORG and "refs" from being a revision in RE2.
+    first, rest = frozenset("abc"), frozenset("abc_")
+    expression = uris._word_except(words, first, rest)
+    expected = bool(re.fullmatch("[abc][abc_]*", candidate)) and candidate not in words
+    assert (re.fullmatch(expression, candidate) is not None) is expected, (words, candidate, expression)
 
 
 def _uri_fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, str]]:

@@ -103,8 +103,9 @@ def _word_except(words: Iterable[str], first: frozenset[str], rest: frozenset[st
     tail = _char_class(rest) + "*"
 
     def after(prefix: str) -> str:
-        nexts = sorted({w[len(prefix)] for w in vocabulary if w.startswith(prefix) and len(w) > len(prefix)})
-        others = (rest if prefix else first) - set(nexts)
+        allowed = rest if prefix else first
+        nexts = sorted({w[len(prefix)] for w in vocabulary if w.startswith(prefix) and len(w) > len(prefix)} & allowed)
+        others = allowed - set(nexts)
         branches = [_char_class(others) + tail] if others else []
         branches += [c + after(prefix + c) for c in nexts]
         body = "(?:" + "|".join(branches) + ")"
