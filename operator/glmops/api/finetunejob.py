@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, JsonValue
 from glmops.api.common import (
     LABEL_KEYS_RULE,
     Condition,
+    DatasetUri,
     DnsLabel,
     DnsSubdomain,
     LabelValue,
@@ -40,7 +41,6 @@ from glmops.contract.config import (
     ValidationSplit,
     Variant,
 )
-from glmops.contract.uris import MAX_URI_LENGTH, dataset_pattern
 
 # The enums shared with the trainer's config are defined in glmops.contract.config.
 __all__ = ["DataFormat", "LoraTarget", "Method", "OutputFormat", "Quantization", "Thinking", "Variant"]
@@ -61,15 +61,6 @@ class Phase(StrEnum):
     cancelled = "Cancelled"
 
 
-# A dataset source names one file (glmops.contract.uris.dataset_pattern); an output is a folder.
-DatasetUri = Annotated[
-    str,
-    Field(
-        pattern=dataset_pattern(),
-        max_length=MAX_URI_LENGTH,
-        examples=["pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl"],
-    ),
-]
 EndpointUrl = Annotated[
     str,
     Field(pattern="^https?://[^\\s/?#]+(/[^\\s?#]*)?$", max_length=512, examples=["http://minio.storage.svc:9000"]),
@@ -82,7 +73,7 @@ class ModelSpec(WireModel):
     variant: Variant
     """`flash` (GLM-4.7-Flash, 30B-A3B, one 48-80 GB GPU) or `flagship` (GLM-4.7, ~355B MoE, 8 large GPUs)."""
     source: ModelUri
-    """Where the weights are: hf://ORG/NAME[@REVISION], s3://BUCKET/KEY, pvc://CLAIM/PATH or file:///PATH."""
+    """Where the weights are: hf://ORG/NAME[@REVISION][/PATH] (a folder of a Hub repository with `/PATH`; a branch with '/' written as %2F), s3://BUCKET/PREFIX, pvc://CLAIM/PATH or file:///PATH."""
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in the job's namespace whose keys (HF_TOKEN; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION) the trainer reads for the model; referenced, never copied."""
     endpoint_url: EndpointUrl | None = None

@@ -31,7 +31,7 @@ from glmops.api.finetunejob import KIND, PLURAL, FineTuneJob, FineTuneJobSpec, F
 from glmops.conditions import ConditionType, Reason, find_condition
 from glmops.contract.config import METRICS_PATH
 from glmops.contract.records import MetricsError, ProgressRecord, parse_metrics, parse_result
-from glmops.contract.uris import parse_uri
+from glmops.contract.uris import UriRole, parse_uri
 from glmops.plan import names
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
@@ -438,9 +438,10 @@ def _gather_facts(
     referenced = {secret for _field, secret in credential_secrets(spec)}
     secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
     claims = {
-        parse_uri(u, f, ("hf", "s3", "pvc", "file")).claim
-        for f, u in (("spec.model.source", spec.model.source), ("spec.dataset.source", spec.dataset.source),
-                     ("spec.output.destination", spec.output.destination))
+        parse_uri(u, f, role).claim
+        for f, u, role in (("spec.model.source", spec.model.source, UriRole.model),
+                           ("spec.dataset.source", spec.dataset.source, UriRole.dataset),
+                           ("spec.output.destination", spec.output.destination, UriRole.output))
     }
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
     destination = spec.output.destination.rstrip("/")

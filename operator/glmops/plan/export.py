@@ -17,7 +17,7 @@ from typing import Any
 
 from glmops.api.finetunejob import FineTuneJobSpec
 from glmops.contract.config import OutputFormat, TrainerConfig
-from glmops.contract.uris import parse_uri, pod_path
+from glmops.contract.uris import UriRole, parse_uri, pod_path
 from glmops.plan import names
 from glmops.plan.finetune import (
     CONFIG_ANNOTATION,
@@ -76,7 +76,7 @@ def export_resources(config: TrainerConfig, sizes: ModelSizes, settings: Setting
     mounted volume (merged weights and the full-precision GGUF are staged locally before upload)."""
     held = Decimal(sizes.largest_shard_bytes + 2 * sizes.adapter_bytes) * Decimal(str(settings.export_memory_headroom))
     memory = held + parse_quantity(settings.export_memory_base)
-    local_output = parse_uri(config.output.destination, "output.destination", ("s3", "pvc", "file")).scheme in ("pvc", "file")
+    local_output = parse_uri(config.output.destination, "output.destination", UriRole.output).scheme in ("pvc", "file")
     stages = OutputFormat.merged in config.output.formats or OutputFormat.gguf in config.output.formats
     scratch = LOCAL_SCRATCH_BYTES if local_output or not stages else 2 * sizes.model_bytes + LOCAL_SCRATCH_BYTES
     return ExportResources(cpu=settings.export_cpu, memory=bytes_quantity(memory), scratch=bytes_quantity(scratch))
@@ -164,11 +164,11 @@ def _volumes(config: TrainerConfig, settings: Settings, scratch: str) -> tuple[l
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only; the export reads the base model, writes the output
-    for field, uri, read_only in (
-        ("model.source", config.model.source, True),
-        ("output.destination", config.output.destination, False),
+    for field, uri, role, read_only in (
+        ("model.source", config.model.source, UriRole.model, True),
+        ("output.destination", config.output.destination, UriRole.output, False),
     ):
-        claim = parse_uri(uri, field).claim
+        claim = parse_uri(uri, field, role).claim
         if claim:
             claims[claim] = claims.get(claim, True) and read_only
     root = config.runtime.pvc_mount_root

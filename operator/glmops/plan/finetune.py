@@ -17,7 +17,7 @@ from glmops.api.defaults import VARIANT_DEFAULTS, ResolvedTraining, default_gpus
 from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
 from glmops.conditions import Reason
 from glmops.contract.config import POD_IP_ENV
-from glmops.contract.uris import parse_uri, pod_path
+from glmops.contract.uris import UriRole, parse_uri, pod_path
 from glmops.plan import names
 from glmops.plan.changes import spec_section_hashes
 from glmops.plan.memory import MemoryPlan, plan_memory
@@ -208,8 +208,8 @@ def validate_finetune(
                 )
             )
     problems += [Problem(reason, where, message) for reason, where, message in storage_problems(spec)]
-    for field_path, uri in _pvc_uris(spec):
-        claim = parse_uri(uri, field_path).claim
+    for field_path, uri, role in _pvc_uris(spec):
+        claim = parse_uri(uri, field_path, role).claim
         if claim and claim not in facts.pvcs:
             problems.append(
                 Problem(
@@ -302,13 +302,13 @@ def _label_problems(spec: FineTuneJobSpec) -> list[Problem]:
     return problems
 
 
-def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
+def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str, UriRole]]:
     return [
-        (path, uri)
-        for path, uri in (
-            ("spec.model.source", spec.model.source),
-            ("spec.dataset.source", spec.dataset.source),
-            ("spec.output.destination", spec.output.destination),
+        (path, uri, role)
+        for path, uri, role in (
+            ("spec.model.source", spec.model.source, UriRole.model),
+            ("spec.dataset.source", spec.dataset.source, UriRole.dataset),
+            ("spec.output.destination", spec.output.destination, UriRole.output),
         )
         if uri.startswith("pvc://")
     ]
@@ -472,8 +472,8 @@ def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only
-    for field_path, uri in _pvc_uris(spec):
-        claim = parse_uri(uri, field_path).claim
+    for field_path, uri, role in _pvc_uris(spec):
+        claim = parse_uri(uri, field_path, role).claim
         assert claim is not None
         read_only = field_path != "spec.output.destination"
         claims[claim] = claims.get(claim, True) and read_only
