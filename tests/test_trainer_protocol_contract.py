@@ -46,6 +46,22 @@ def test_result_parses_into_status_artifacts() -> None:
     assert [(g.quantization, g.size_bytes) for g in artifacts.gguf] == [(Quantization.Q8_0, 12)]
 
 
+def test_the_merged_checkpoints_mtp_layers_reach_status() -> None:
+    # What the trainer reports from the export manifest's merged entry; the serving planner turns
+    # MTP speculative decoding on from status.artifacts.merged.mtpLayers.
+    merged = {"uri": "file:///out/merged", "sizeBytes": 9_000, "mtpLayers": 1}
+    raw = parse_result(fit_result(TrainResult(status="Succeeded", artifacts={"merged": merged}).to_json()))
+    assert raw is not None
+    recorded = artifacts_from_result(raw["artifacts"]).merged
+    assert recorded is not None and (recorded.uri, recorded.size_bytes, recorded.mtp_layers) == ("file:///out/merged", 9_000, 1)
+    status = artifacts_from_result(raw["artifacts"]).model_dump(by_alias=True, exclude_none=True)
+    assert status["merged"]["mtpLayers"] == 1
+    # an export that did not say (a plain folder URI, or nonsense) leaves it unknown, never guessed
+    for unknown in ("file:///out/merged", {"uri": "file:///out/merged", "mtpLayers": "1"}, {"uri": "u", "mtpLayers": True}):
+        found = artifacts_from_result({"merged": unknown}).merged
+        assert found is not None and found.mtp_layers is None
+
+
 def test_a_failed_result_keeps_its_reason_and_message() -> None:
     result = TrainResult(status="Failed", reason="DataError", message="train.jsonl:3: messages[1].role: unknown role 'bot'")
     raw = parse_result(fit_result(result.to_json()))

@@ -115,6 +115,7 @@ def test_flash_finetunejob_trains_exports_and_succeeds(
     artifacts = status["artifacts"]
     assert artifacts["adapter"]["uri"] == f"file://{out}/adapter" and artifacts["merged"]["uri"] == f"file://{out}/merged"
     assert artifacts["manifest"] == f"file://{out}/artifacts.json"
+    assert artifacts["merged"]["mtpLayers"] == 0 and artifacts["merged"]["sizeBytes"] > 0  # the tiny Flash has no MTP layer
     assert [g["quantization"] for g in artifacts["gguf"]] == ["Q8_0"]
     gguf = Path(artifacts["gguf"][0]["uri"].removeprefix("file://"))
     assert gguf.is_file() and gguf.stat().st_size == artifacts["gguf"][0]["sizeBytes"]

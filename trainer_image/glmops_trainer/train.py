@@ -447,7 +447,13 @@ def _artifact_summary(manifest: dict[str, Any], destination: str) -> dict[str, A
         if not isinstance(artifact, dict):
             continue
         if artifact.get("format") == "merged":
-            summary["merged"] = _join_uri(destination, "merged")
+            # The manifest's merged entry (uri, size, MTP layers kept); the folder alone from older exports.
+            entry = manifest.get("merged")
+            summary["merged"] = (
+                {k: entry[k] for k in ("uri", "sizeBytes", "mtpLayers") if k in entry}
+                if isinstance(entry, dict)
+                else _join_uri(destination, "merged")
+            )
         elif artifact.get("format") == "gguf":
             summary.setdefault("gguf", []).append(
                 {k: artifact.get(k) for k in ("quantization", "uri", "sizeBytes", "sha256")}
