@@ -143,4 +143,5 @@ def test_claude_code_gets_thinking_blocks_on_either_runtime() -> None:
     for runtime in ("vllm", "llamacpp"):
         text = render("claude-code", connection_from(_on(runtime), key="k"))
         assert "thinking blocks" in text and "reasoning_content" not in text
+        assert ("vLLM refuses it in x-api-key" in text) == (runtime == "vllm")
         assert json.loads(text[text.index("{") :])["env"]["ANTHROPIC_BASE_URL"] == "http://coder.ml.svc:8000"

@@ -10,7 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from serving_support import META, SHA, container, facts, flag, ftj, objects, plan, spec
+from serving_support import META, SETTINGS, SHA, container, facts, flag, ftj, objects, plan, spec
 
 from glmops.api.modeldeployment import ModelDeploymentSpec
 from glmops.plan.serving import (
@@ -163,6 +163,19 @@ def test_a_recorded_merged_size_sizes_the_replica() -> None:
     unknown = plan(spec(**VLLM_MERGED), facts(_mtp_job(1, size_bytes=None)))
     assert unknown.memory is not None and unknown.placement is not None
     assert unknown.memory.weights_from == "bf16 weights with the MTP layer" and unknown.placement.gpus == 8
+
+
+def test_vllm_startup_probe_waits_for_the_whole_load_of_the_recorded_checkpoint() -> None:
+    # vLLM binds its port only once the model is loaded: the startup probe sees refused connections
+    # for the whole load, so its budget must cover reading every byte plus vLLM's own start-up.
+    result = plan(spec(**VLLM_MERGED), facts(_mtp_job(1, size_bytes=706_000_000_000)))
+    deployment = {o["kind"]: o for o in result.objects}["Deployment"]
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    budget = server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"]
+    read_s = 706_000_000_000 / (SETTINGS.model_read_mib_per_second * 2**20)
+    assert read_s + SETTINGS.vllm_startup_seconds <= budget <= read_s + SETTINGS.vllm_startup_seconds + 10
+    assert server["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert deployment["spec"]["progressDeadlineSeconds"] > budget  # the rollout is not called stuck mid-load
 
 
 def test_vllm_pods_send_no_usage_reports() -> None:

@@ -130,6 +130,9 @@ def render(client: str, c: Connection) -> str:
             f"# Claude Code -> {c.model} (Anthropic Messages API at {c.root_url}/v1/messages;",
             "# the model's reasoning arrives as thinking blocks, with either runtime)",
         ]
+        if c.runtime == "vllm":
+            # vLLM checks only Authorization: Bearer, which is how Claude Code sends ANTHROPIC_AUTH_TOKEN.
+            lines += ["# the key goes in ANTHROPIC_AUTH_TOKEN: vLLM refuses it in x-api-key (ANTHROPIC_API_KEY)"]
         lines += _env_lines(env)
         lines += ["", "# or, for every session, in ~/.claude/settings.json:", json.dumps({"env": env}, indent=2)]
     elif client == "cline":
