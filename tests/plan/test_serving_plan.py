@@ -240,6 +240,7 @@ def test_max_lora_rank_takes_the_next_value_vllm_accepts() -> None:
         ("--spec-method", "vllm", "--spec-method"),  # a shorthand of --speculative-config
         ("--device-memory-utilization=0.5", "vllm", "--device-memory-utilization"),
         ("--no-enable-lora", "vllm", "--no-enable-lora"),
+        ("--enable-mixed-moe-lora-format", "vllm", "--enable-mixed-moe-lora-format"),  # set with 3-D adapters
         ("--served-model-name=x", "vllm", "--served-model-name"),
         ("--config", "vllm", "--config"),
         ("--enable-prefix-caching", "vllm", None),
