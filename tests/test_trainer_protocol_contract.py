@@ -45,7 +45,7 @@ from glmops.contract.uris import (
 from glmops.plan.finetune import ClusterFacts, JobMeta, plan_finetune
 from glmops.plan.serving_download import parse_hub_uri
 from glmops.settings import Settings
-from glmops.trainer_protocol import artifacts_from_results, progress_from_record
+from glmops.trainer_protocol import artifacts_from_result, artifacts_from_results, progress_from_record
 from glmops_trainer.config import TrainerConfig
 from glmops_trainer.locations import LocationError, local_location
 from glmops_trainer.model.sources import ModelSourceError, parse_model_source
@@ -406,6 +406,22 @@ def test_result_parses_into_status_artifacts() -> None:
     assert artifacts.adapter is not None and artifacts.adapter.uri == "file:///out/adapter"
     assert artifacts.merged is not None and artifacts.manifest == "file:///out/artifacts.json"
     assert [(g.quantization, g.size_bytes) for g in artifacts.gguf] == [(Quantization.Q8_0, 12)]
+
+
+def test_the_merged_checkpoints_mtp_layers_reach_status() -> None:
+    # What the trainer reports from the export manifest's merged entry; the serving planner turns
+    # MTP speculative decoding on from status.artifacts.merged.mtpLayers.
+    merged = {"uri": "file:///out/merged", "sizeBytes": 9_000, "mtpLayers": 1}
+    raw = parse_result(fit_result(TrainResult(status="Succeeded", artifacts={"merged": merged}).to_json()))
+    assert raw is not None
+    recorded = artifacts_from_result(raw.artifacts).merged
+    assert recorded is not None and (recorded.uri, recorded.size_bytes, recorded.mtp_layers) == ("file:///out/merged", 9_000, 1)
+    status = artifacts_from_result(raw.artifacts).model_dump(by_alias=True, exclude_none=True)
+    assert status["merged"]["mtpLayers"] == 1
+    # an export that did not say (a plain folder URI, or nonsense) leaves it unknown, never guessed
+    for unknown in ("file:///out/merged", {"uri": "file:///out/merged", "mtpLayers": "1"}, {"uri": "u", "mtpLayers": True}):
+        found = artifacts_from_result({"merged": unknown}).merged
+        assert found is not None and found.mtp_layers is None
 
 
 def test_a_failed_result_keeps_its_reason_and_message_and_other_text_is_no_result() -> None:

@@ -130,7 +130,9 @@ def test_an_adapter_trained_from_the_hub_serves_on_a_downloaded_base() -> None:
     ready = plan(md, facts(ftj(base=base), downloads={job: "succeeded"}))
     args = {o["kind"]: o for o in ready.objects}["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert flag(args, "--model") == f"/mnt/pvc/{claim}/model"
-    assert flag(args, "--lora-modules") == "coder=/mnt/pvc/models/coder/adapter"
+    assert json.loads(flag(args, "--lora-modules")) == {
+        "name": "coder", "path": "/mnt/pvc/models/coder/adapter", "base_model_name": "coder-base", "is_3d_lora_weight": True,
+    }  # fmt: skip
 
 
 def test_download_state_reads_the_job() -> None:

@@ -310,6 +310,13 @@ class GgufArtifact(ArtifactRef):
     """Its quantization type."""
 
 
+class MergedArtifact(ArtifactRef):
+    """The merged checkpoint folder."""
+
+    mtp_layers: Annotated[int, Field(ge=0)] | None = None
+    """MTP (next-token prediction) layers the merged checkpoint kept: with one or more, vLLM serves it with MTP speculative decoding unless the ModelDeployment turns it off. Absent when the export did not record it."""
+
+
 class Artifacts(StatusModel):
     """What the job produced, read from the trainer's artifacts.json."""
 
@@ -317,8 +324,8 @@ class Artifacts(StatusModel):
     """URI of artifacts.json, written last: when it exists, every file it names is complete."""
     adapter: ArtifactRef | None = None
     """The LoRA adapter directory."""
-    merged: ArtifactRef | None = None
-    """Merged full weights (safetensors, per-expert layout)."""
+    merged: MergedArtifact | None = None
+    """Merged full weights (safetensors, per-expert layout, MTP layer kept when the base has one)."""
     gguf: list[GgufArtifact] = Field(default_factory=list)
     """GGUF files, one per quantization."""
 

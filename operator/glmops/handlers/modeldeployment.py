@@ -30,6 +30,7 @@ from glmops.api.modeldeployment import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     ServingPlanStatus,
+    SpeculativeDecoding,
     Strategy,
 )
 from glmops.conditions import ConditionType, Reason, find_condition
@@ -108,6 +109,7 @@ def _plan_status(plan: ServingPlan) -> ServingPlanStatus | None:
         kv_cache_gi_b=round(plan.memory.kv_cache_gib, 1),
         context_length=plan.placement.context_length,
         parallel_slots=plan.placement.parallel_slots,
+        speculative_decoding=SpeculativeDecoding.mtp if plan.mtp else SpeculativeDecoding.none,
     )
 
 
