@@ -24,8 +24,9 @@ Figures (the last line):
 - overhead_ratio: p50 latency through the Service / p50 direct, kept-alive connections; goal <= 1.10.
 - rollout_failed_requests: failed requests of the loop during the switch; goal 0.
 - apply_to_ready_s: from creating the ModelDeployment to phase Ready (reported).
-plus the p50s, the same ratio with a new connection per request, and llama-server's own compute
-time per request (its `timings`) on each side, which tells the path's cost from the server's.
+plus the p50s, the same ratio with a new connection per request, llama-server's own compute time
+per request (its `timings`) on each side, and the p50 of a `GET /health` round trip on each side:
+the path's own cost, with no inference behind it.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class Side:
     keepalive_s: list[float] = field(default_factory=list)
     fresh_s: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    health_s: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
     _connection: http.client.HTTPConnection | None = None
 
@@ -124,8 +126,8 @@ class Side:
         url = urllib.parse.urlsplit(self.root)
         return http.client.HTTPConnection(url.hostname or "", url.port, timeout=120)
 
-    def post(self, body: bytes, fresh: bool) -> tuple[float, dict[str, Any]]:
-        """(seconds, response) of one chat completion; `fresh`: on a new connection (and name lookup)."""
+    def request(self, method: str, path: str, body: bytes | None, fresh: bool) -> tuple[float, bytes]:
+        """(seconds, body) of one request answered 200; `fresh`: on a new connection (and name lookup)."""
         start = time.perf_counter()
         if fresh:
             connection = self._new_connection()
@@ -137,18 +139,20 @@ class Side:
                     self._connection.close()
                 self._connection = self._new_connection()
             connection = self._connection
-        connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        connection.request(method, path, body, {"Content-Type": "application/json"} if body else {})
         response = connection.getresponse()
         data = response.read()
         elapsed = time.perf_counter() - start
         if fresh:
             connection.close()
         if response.status != 200:
-            raise RuntimeError(f"{self.label}: HTTP {response.status}: {data[:300]!r}")
-        return elapsed, json.loads(data)
+            raise RuntimeError(f"{self.label}: {method} {path}: HTTP {response.status}: {data[:300]!r}")
+        return elapsed, data
 
     def measure(self, prompt: str, max_tokens: int, fresh: bool) -> None:
-        elapsed, answer = self.post(chat_body(prompt, max_tokens), fresh)
+        """One chat completion: its latency, llama-server's compute time, and (once per prompt) the answer."""
+        elapsed, data = self.request("POST", "/v1/chat/completions", chat_body(prompt, max_tokens), fresh)
+        answer = json.loads(data)
         (self.fresh_s if fresh else self.keepalive_s).append(elapsed)
         timings = answer.get("timings") or {}
         self.server_ms.append(float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0)))
@@ -204,8 +208,11 @@ def start_direct_server(pod_args: list[str], workdir: Path) -> tuple[subprocess.
             )
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/health")
-            return connection.getresponse().status == 200
+            try:
+                connection.request("GET", "/health")
+                return connection.getresponse().status == 200
+            finally:
+                connection.close()
         except OSError:
             return False
 
@@ -243,6 +250,14 @@ def interleaved(direct: Side, service: Side, rounds: int, max_tokens: int) -> No
                 pair = (direct, service) if (round_ + index) % 2 == 0 else (service, direct)
                 for side in pair:
                     side.measure(prompt, max_tokens, fresh)
+
+
+def health_round_trips(direct: Side, service: Side, count: int) -> None:
+    """GET /health, kept-alive, alternating sides: the path's own cost, with no inference behind it."""
+    for index in range(count):
+        for side in (direct, service) if index % 2 == 0 else (service, direct):
+            elapsed, _ = side.request("GET", "/health", None, fresh=False)
+            side.health_s.append(elapsed)
 
 
 def paired_difference_ms(service: list[float], direct: list[float]) -> float:
@@ -372,6 +387,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             side.server_ms.clear()
         load_before = os.getloadavg()[0]
         interleaved(direct, service, args.rounds, args.max_tokens)
+        health_round_trips(direct, service, args.rounds * 10)
         load_after = os.getloadavg()[0]
         differing = [p for p in PROMPTS if direct.answers[p] != service.answers[p]]
         if differing:
@@ -398,7 +414,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             print(
                 f"{side.label:8s} kept-alive p50 {p50_ms(side.keepalive_s):.2f} ms p90 {p90_ms(side.keepalive_s):.2f} ms | "
                 f"new connection p50 {p50_ms(side.fresh_s):.2f} ms p90 {p90_ms(side.fresh_s):.2f} ms | "
-                f"llama-server compute p50 {statistics.median(side.server_ms):.2f} ms",
+                f"llama-server compute p50 {statistics.median(side.server_ms):.2f} ms | "
+                f"GET /health p50 {p50_ms(side.health_s):.3f} ms",
                 flush=True,
             )
         ratio = p50_ms(service.keepalive_s) / p50_ms(direct.keepalive_s)
@@ -416,6 +433,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             f"p50_service_ms={p50_ms(service.keepalive_s):.2f} p50_direct_ms={p50_ms(direct.keepalive_s):.2f} "
             f"overhead_ratio_new_connection={ratio_fresh:.3f} p50_service_new_connection_ms={p50_ms(service.fresh_s):.2f} "
             f"p50_direct_new_connection_ms={p50_ms(direct.fresh_s):.2f} server_compute_ratio={compute_ratio:.3f} "
+            f"p50_health_service_ms={p50_ms(service.health_s):.3f} p50_health_direct_ms={p50_ms(direct.health_s):.3f} "
             f"rollout_requests={requests} rollout_s={rollout_s:.1f} samples={samples} max_tokens={args.max_tokens} threads={args.threads} "
             f"load_avg={load_before:.1f}"
         )
