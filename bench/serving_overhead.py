@@ -118,6 +118,7 @@ class Side:
     keepalive_s: list[float] = field(default_factory=list)
     fresh_s: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    server_fresh_ms: list[float] = field(default_factory=list)
     health_s: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)
     _connection: http.client.HTTPConnection | None = None
@@ -155,7 +156,9 @@ class Side:
         answer = json.loads(data)
         (self.fresh_s if fresh else self.keepalive_s).append(elapsed)
         timings = answer.get("timings") or {}
-        self.server_ms.append(float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0)))
+        (self.server_fresh_ms if fresh else self.server_ms).append(
+            float(timings.get("prompt_ms", 0.0)) + float(timings.get("predicted_ms", 0.0))
+        )
         generated = answer["usage"]["completion_tokens"]
         if generated != max_tokens:
             raise RuntimeError(f"{self.label}: {generated} tokens generated, expected {max_tokens}")
@@ -414,7 +417,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             print(
                 f"{side.label:8s} kept-alive p50 {p50_ms(side.keepalive_s):.2f} ms p90 {p90_ms(side.keepalive_s):.2f} ms | "
                 f"new connection p50 {p50_ms(side.fresh_s):.2f} ms p90 {p90_ms(side.fresh_s):.2f} ms | "
-                f"llama-server compute p50 {statistics.median(side.server_ms):.2f} ms | "
+                f"llama-server compute p50 {statistics.median(side.server_ms):.2f} ms "
+                f"(new connection {statistics.median(side.server_fresh_ms):.2f} ms) | "
                 f"GET /health p50 {p50_ms(side.health_s):.3f} ms",
                 flush=True,
             )
