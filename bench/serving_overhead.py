@@ -37,6 +37,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,11 +227,11 @@ def start_direct_server(pod_args: list[str], workdir: Path) -> tuple[subprocess.
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, 15)
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -453,6 +455,10 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         env.close()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -472,7 +478,9 @@ def main() -> None:
         "waits on no other, so the figures are steadier",
     )
     parser.add_argument(
-        "--workdir", type=Path, help="folder for the GGUFs and logs (default: a new one under .state/)"
+        "--workdir",
+        type=Path,
+        help="folder for the GGUFs and logs, kept (default: a new one under .state/, removed)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the folder (logs of the operator and the direct server)"
@@ -484,13 +492,18 @@ def main() -> None:
             "veth pairs and a bridge, runs kube-proxy (iptables) and writes Service names into /etc/hosts. "
             "Run it as root, e.g. `sudo .venv/bin/python bench/serving_overhead.py`."
         )
-    (REPO / ".state").mkdir(exist_ok=True)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="serving-overhead-", dir=REPO / ".state"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir is None:
+        (REPO / ".state").mkdir(exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="serving-overhead-", dir=REPO / ".state"))
+    else:
+        workdir = args.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM ends the run through its cleanup (pods, operator, control plane, pod network).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run(args, workdir)
     finally:
-        if args.keep:
+        if args.keep or args.workdir is not None:
             print(f"kept {workdir}", flush=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
