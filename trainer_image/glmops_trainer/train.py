@@ -47,7 +47,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TqdmCallback
 
-from glmops.plan.memory import sharding_for
+from glmops.plan.memory import Sharding, sharding_for
 from glmops_trainer.checkpoints import (
     CheckpointMarkerCallback,
     find_resumable_checkpoint,
@@ -422,6 +422,15 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def model_placement(config: TrainerConfig) -> Sharding:
+    """How this run places the model over its processes: "fsdp" (sharded) or "replicate" (one copy per rank).
+
+    The operator's memory plan asks the same function with the GPUs it gives the job, so the plan in
+    status describes what the trainer does.
+    """
+    return sharding_for(config.model.variant.value, world_size())
+
+
 def training_device() -> torch.device:
     """This process's GPU (torchrun's LOCAL_RANK), or the CPU."""
     if torch.cuda.is_available():
@@ -429,7 +438,7 @@ def training_device() -> torch.device:
     return torch.device("cpu")
 
 
-def load_model_for_training(config: TrainerConfig, model_dir: Path, sharding: str) -> Any:
+def load_model_for_training(config: TrainerConfig, model_dir: Path, sharding: Sharding) -> Any:
     """The base model with fresh LoRA adapters, placed as `sharding` says ("fsdp" or "replicate")."""
     log.info("model placement: %s over %d process(es)", sharding, world_size())
     if sharding == "fsdp":
@@ -504,7 +513,7 @@ def main(config: TrainerConfig) -> TrainResult:
 
     # 3. Model and LoRA: one replica per rank, or (flagship on several ranks) sharded with FSDP2.
     set_seed(config.training.seed)
-    sharding = sharding_for(config.model.variant.value, world_size())
+    sharding = model_placement(config)
     model = load_model_for_training(config, sources.model_dir, sharding)
     keep_4bit_layers_trainable(model)
     if config.data.packing:
