@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 from safetensors.torch import load_file
-from train_support import REPO_ROOT, build_model, build_tokenizer, job_config, progress_events, trainer_env, write_config
+from train_support import (
+    REPO_ROOT,
+    build_model,
+    build_tokenizer,
+    job_config,
+    progress_events,
+    trainer_env,
+    write_config,
+)
 
 
 def _torchrun(config_path: Path) -> subprocess.CompletedProcess[str]:
