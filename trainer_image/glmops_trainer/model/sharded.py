@@ -13,9 +13,9 @@ rank may ever hold the whole model, on the GPU or in host memory. `load_sharded_
 3. shards it (`fully_shard` on the embeddings, each decoder layer, the lm_head and the root) and
    allocates only the local shards (`to_empty`);
 4. fills the shards from the checkpoint, tensor by tensor: a routed-experts weight reads and
-   quantizes only this rank's experts; a 4-bit linear is quantized whole on the device (its
+   quantizes only this rank's experts, EXPERTS_PER_READ at a time; a 4-bit linear is quantized whole on the device (its
    bitsandbytes statistics stay whole on every rank, as module state) and the rank keeps its slice of
-   the codes; everything else is read, cast and sliced; LoRA A is drawn from a generator seeded by the
+   the codes; of everything else the rank reads only its rows; LoRA A is drawn from a generator seeded by the
    run's seed and the parameter's name (the same values whatever the number of ranks), LoRA B is zero.
 
 Without a process group (`shard=False`) the same steps build an unsharded model on one device: the
@@ -158,6 +158,10 @@ def local_tensor(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if isinstance(param, DTensor) else param.data
 
 
+EXPERTS_PER_READ = 8
+"""Routed experts read, converted and quantized at a time: what bounds the loader's transient memory."""
+
+
 @torch.no_grad()
 def _assign_rows_(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy this rank's rows of `full` (the whole tensor) into `param`."""
@@ -170,27 +174,35 @@ def _assign_rows_(param: torch.Tensor, full: torch.Tensor) -> None:
 
 
 @torch.no_grad()
+def _read_rows_(param: torch.Tensor, reader: CheckpointReader, key: str) -> None:
+    """Read only this rank's rows of checkpoint tensor `key` into `param`."""
+    first, count = local_rows(param)
+    if count == 0:
+        return
+    target = local_tensor(param)
+    rows = reader.rows(key, first, count) if param.dim() else reader.tensor(key)
+    target.copy_(rows.reshape(target.shape).to(device=target.device, dtype=target.dtype))
+
+
+@torch.no_grad()
 def _fill_module_(
     name: str, module: nn.Module, reader: CheckpointReader, device: torch.device, compute_dtype: torch.dtype
 ) -> None:
     prefix = f"{name}." if name else ""
-    if isinstance(module, NF4Experts):
+    if isinstance(module, (NF4Experts, *dense_experts_classes())):
+        # Experts are stored one by one: read this rank's experts a few at a time, quantizing each group
+        # (4-bit) or casting it (lora) straight into the rank's rows.
         container = prefix.rstrip(".")
+        quantize = isinstance(module, NF4Experts)
         for weight in EXPERT_WEIGHT_NAMES:
             param = getattr(module, weight)
             first, count = local_rows(param)
-            if count:
-                dense = reader.experts(container, weight, first, count).to(device=device, dtype=compute_dtype)
-                local_tensor(param).copy_(quantize_expert_rows(dense))
+            target = local_tensor(param)
+            for start in range(0, count, EXPERTS_PER_READ):
+                size = min(EXPERTS_PER_READ, count - start)
+                dense = reader.experts(container, weight, first + start, size).to(device=device, dtype=compute_dtype)
+                target[start : start + size] = quantize_expert_rows(dense) if quantize else dense.to(target.dtype)
                 del dense
-        return
-    if isinstance(module, dense_experts_classes()):
-        container = prefix.rstrip(".")
-        for weight in EXPERT_WEIGHT_NAMES:
-            param = getattr(module, weight)
-            first, count = local_rows(param)
-            if count:
-                local_tensor(param).copy_(reader.experts(container, weight, first, count))
         return
     for param_name, param in module.named_parameters(recurse=False):
         key = prefix + param_name
@@ -204,7 +216,7 @@ def _fill_module_(
             module.quant_state = state
             _assign_rows_(param, packed)
         else:
-            _assign_rows_(param, reader.tensor(key))
+            _read_rows_(param, reader, key)
     for buffer_name, buffer in module.named_buffers(recurse=False):
         if buffer_name in module._non_persistent_buffers_set:
             continue  # computed, not stored (rotary frequencies): see _reset_rotary_
