@@ -163,3 +163,14 @@ def test_two_and_four_cpu_ranks_each_hold_their_share_and_train_like_one_process
             held_weights = held["parameters"] + held["linear_statistics"] + held["buffers"] - lora_weights  # type: ignore[index, operator]
             assert planned_weights == pytest.approx(held_weights, rel=0.03)
             assert report["losses"] == pytest.approx(one["losses"], rel=1e-5)
+
+
+def test_lora_method_loads_the_bf16_checkpoint_unchanged(tiny_flagship: Path) -> None:
+    reference = AutoModelForCausalLM.from_pretrained(tiny_flagship, dtype=torch.float32)
+    model = load_sharded_model(
+        tiny_flagship, Variant.flagship, Method.lora, LoraConfig(rank=4, targets=TARGETS),
+        device=torch.device("cpu"), compute_dtype=torch.float32, shard=False,
+    )  # fmt: skip
+    ids = torch.randint(0, 2000, (1, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
