@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         "--load-experts", type=int, default=64, help="routed experts per layer of the load-memory checkpoint"
     )
     parser.add_argument("--skip-load", action="store_true", help="skip the load-memory measurements")
+    parser.add_argument(
+        "--loaders", default="sharded,transformers", help="loaders to measure, comma-separated (default both)"
+    )
     parser.add_argument("--measure-load", nargs=2, metavar=("LOADER", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure_load:
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{plan.total_gib:.1f} GiB total ({plan.parameters / 1e9:.1f}B params, {plan.lora_parameters / 1e6:.0f}M LoRA; "
             f"per GPU: {detail})"
         )
-    load = {} if args.skip_load else load_memory(workdir, args.load_experts)
+    load = {} if args.skip_load else load_memory(workdir, args.load_experts, args.loaders.split(","))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     load_fields = " ".join(f"{key}={value}" for key, value in load.items())
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if met else 1
 
 
-def load_memory(workdir: Path, experts: int) -> dict[str, Any]:
+def load_memory(workdir: Path, experts: int, loaders: list[str]) -> dict[str, Any]:
     """Build the two load checkpoints, load each with each loader in a fresh process, return the figures."""
     from glmops_trainer.tiny.models import build_tiny_model
 
@@ -210,7 +213,7 @@ def load_memory(workdir: Path, experts: int) -> dict[str, Any]:
     # expert parameters per checkpoint: 3 MoE layers x experts x (gate, up, down) x hidden x moe size
     expert_params = {name: 3 * count * 3 * 1024 * 1024 for name, count in counts.items()}
     measured: dict[str, dict[str, dict[str, int]]] = {}
-    for loader in ("sharded", "transformers"):
+    for loader in loaders:
         measured[loader] = {}
         for name, model_dir in dirs.items():
             done = subprocess.run(
@@ -225,13 +228,15 @@ def load_memory(workdir: Path, experts: int) -> dict[str, Any]:
             )
     figures: dict[str, Any] = {"load_experts": experts}
     for loader, prefix in (("sharded", ""), ("transformers", "transformers_")):
+        if loader not in measured:
+            continue
         full, half = measured[loader]["full"], measured[loader]["half"]
         figures[f"{prefix}load_peak_over_resident"] = f"{full['peak'] / full['after']:.3f}"
         net = (full["peak"] - full["before"]) / (full["after"] - full["before"])
         figures[f"{prefix}load_peak_over_resident_net"] = f"{net:.3f}"
         per_param = (full["after"] - half["after"]) / (expert_params["full"] - expert_params["half"])
         figures[f"{prefix}expert_bytes_per_param_rss"] = f"{per_param:.4f}"
-    figures["load_resident_mib"] = round(measured["sharded"]["full"]["after"] / 2**20)
+    figures["load_resident_mib"] = round(measured[loaders[0]]["full"]["after"] / 2**20)
     figures["load_checkpoint_bf16_mib"] = round(sum(f.stat().st_size for f in dirs["full"].glob("*.safetensors")) / 2**20)
     return figures
 

@@ -158,7 +158,7 @@ def local_tensor(param: torch.Tensor) -> torch.Tensor:
     return param.to_local() if isinstance(param, DTensor) else param.data
 
 
-EXPERTS_PER_READ = 8
+EXPERTS_PER_READ = 2
 """Routed experts read, converted and quantized at a time: what bounds the loader's transient memory."""
 
 
