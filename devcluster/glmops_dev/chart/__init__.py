@@ -106,7 +106,7 @@ def adopt_crds(api: Any, name: str = RELEASE, namespace: str = RELEASE_NAMESPACE
         }
         try:
             kube.request(api, "PATCH", path, body=patch, content_type=kube.MERGE_PATCH)
-        except Exception as exc:  # noqa: BLE001 - a CRD that is not there needs no adoption
+        except Exception as exc:
             if getattr(exc, "status", None) == 404:
                 continue
             raise
