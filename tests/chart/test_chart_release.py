@@ -46,9 +46,11 @@ def token_client(cluster: Any, namespace: str, service_account: str) -> client.A
         issued = kube.request(admin, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
                               body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                     "spec": {"expirationSeconds": 600}})
-    api = config.new_client_from_config(str(cluster.kubeconfig))
-    api.configuration.api_key = {"authorization": f"Bearer {issued['status']['token']}"}
-    return api
+    configuration = client.Configuration()
+    config.load_kube_config(str(cluster.kubeconfig), client_configuration=configuration)
+    configuration.refresh_api_key_hook = None  # the kubeconfig's (admin) token would come back before each request
+    configuration.api_key = {"authorization": f"Bearer {issued['status']['token']}"}
+    return client.ApiClient(configuration)
 
 
 def answer(api: client.ApiClient, method: str, path: str, body: Any = None) -> int:
