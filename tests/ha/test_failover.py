@@ -31,7 +31,14 @@ from kubernetes import client
 from polling import wait_for
 
 from glmops import kube
-from glmops_dev.chart import RELEASE, RELEASE_NAMESPACE, install_release, lease_holder, uninstall_release, wait_for_leader
+from glmops_dev.chart import (
+    RELEASE,
+    RELEASE_NAMESPACE,
+    install_release,
+    lease_holder,
+    uninstall_release,
+    wait_for_leader,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

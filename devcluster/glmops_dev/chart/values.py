@@ -258,6 +258,16 @@ def build_values() -> Group:
                 "Liveness and readiness endpoints (/healthz, /readyz), served by every replica, leader or standby.",
                 {"port": Value(8081, "Port of the health endpoints.", {"type": "integer", "minimum": 1024, "maximum": 65535})},
             ),
+            "networkPolicy": Group(
+                "A NetworkPolicy that lets connections reach the operator's pods on their metrics and health ports only.",
+                {
+                    "enabled": Value(True, "Create it (needs a network plugin that enforces NetworkPolicy to take effect).", {"type": "boolean"}),
+                    "metricsFrom": Value(
+                        [], "NetworkPolicyPeers allowed to connect (empty: any source, on those two ports only).",
+                        {"type": "array", "items": {"type": "object"}},
+                    ),
+                },
+            ),
             "podDisruptionBudget": Group(
                 "Keeps a replica running through voluntary disruptions (node drains).",
                 {
