@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,8 +136,15 @@ def released_spec(lease: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def default_identity() -> str:
-    """This replica's name in the Lease: the pod's name (POD_NAME), else host name and pid."""
-    return os.environ.get("POD_NAME") or f"{os.uname().nodename}-{os.getpid()}"
+    """This process's name in the Lease: the pod's name (POD_NAME, else the host name) and a random
+    suffix, as client-go does. A container restarted in the same pod is a new candidate, so it
+    waits its turn instead of taking the dead process's Lease for its own and renewing it at once."""
+    return f"{os.environ.get('POD_NAME') or os.uname().nodename}_{uuid.uuid4().hex[:8]}"
+
+
+def holder_pod(identity: str) -> str:
+    """The pod (or host) part of a holder identity (pod names never hold `_`)."""
+    return identity.rsplit("_", 1)[0]
 
 
 class LeaderElector:

@@ -240,7 +240,10 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
         if os.environ.get("GLMOPS_CAPTURE_ARGOCD_STATUS"):
             # Refresh the objects tests/chart/test_argocd_health.py runs the checks on without a cluster.
             objects = {"finetunejobs": [*seen.values(), refused], "modeldeployments": list(served.values())}
-            (Path(__file__).parent / "data" / "argocd-status.json").write_text(json.dumps(objects, indent=1, sort_keys=True) + "\n")
+            for obj in [*objects["finetunejobs"], *objects["modeldeployments"]]:
+                obj["metadata"].pop("managedFields", None)
+            text = json.dumps(objects, indent=1, sort_keys=True).replace(str(workdir), "/data/chart-e2e")
+            (Path(__file__).parent / "data" / "argocd-status.json").write_text(text + "\n")
 
         # --- helm upgrade: a new pod, the Lease handed over, the operator still at work ---------------
         upgrade_release(cluster, release, {"podAnnotations": {"example.com/revision": "2"}})

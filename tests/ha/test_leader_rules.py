@@ -63,3 +63,13 @@ def test_a_released_lease_has_no_holder_so_a_standby_takes_it_at_once() -> None:
 def test_timings_that_could_let_two_leaders_act_are_refused(duration: float, deadline: float, retry: float) -> None:
     with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
         Election(duration, deadline, retry)
+
+
+def test_each_process_is_its_own_candidate_so_a_restarted_container_waits_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container restarted in the same pod must not find the dead process's Lease 'its own'."""
+    from glmops.leader import default_identity, holder_pod
+
+    monkeypatch.setenv("POD_NAME", "glmops-7d9f-abcde")
+    first, second = default_identity(), default_identity()
+    assert first != second and holder_pod(first) == holder_pod(second) == "glmops-7d9f-abcde"
+    assert next_action(lease(first), second, None, 0.0) is Action.wait

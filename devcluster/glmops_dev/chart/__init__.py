@@ -191,7 +191,7 @@ def _field(result: Any, key: str) -> Any:
 
 
 def lease_holder(api: Any, namespace: str = RELEASE_NAMESPACE, lease: str = RELEASE) -> str:
-    """The identity (pod name) that holds the operator's Lease now; empty when none does."""
+    """The pod whose operator process holds the Lease now; empty when none does."""
     from kubernetes.client.exceptions import ApiException
 
     from glmops import kube
@@ -202,7 +202,10 @@ def lease_holder(api: Any, namespace: str = RELEASE_NAMESPACE, lease: str = RELE
         if exc.status == 404:
             return ""
         raise
-    return str((body.get("spec") or {}).get("holderIdentity") or "")
+    from glmops.leader import holder_pod
+
+    holder = str((body.get("spec") or {}).get("holderIdentity") or "")
+    return holder_pod(holder) if holder else ""
 
 
 def wait_for_leader(cluster: Any, namespace: str = RELEASE_NAMESPACE, lease: str = RELEASE, timeout_s: float = 180.0) -> str:
