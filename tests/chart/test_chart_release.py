@@ -243,6 +243,7 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
             for obj in [*objects["finetunejobs"], *objects["modeldeployments"]]:
                 obj["metadata"].pop("managedFields", None)
             text = json.dumps(objects, indent=1, sort_keys=True).replace(str(workdir), "/data/chart-e2e")
+            text = text.replace(str(dataset.parent), "/data/datasets")
             (Path(__file__).parent / "data" / "argocd-status.json").write_text(text + "\n")
 
         # --- helm upgrade: a new pod, the Lease handed over, the operator still at work ---------------
