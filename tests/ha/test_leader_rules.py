@@ -73,3 +73,39 @@ def test_each_process_is_its_own_candidate_so_a_restarted_container_waits_its_tu
     first, second = default_identity(), default_identity()
     assert first != second and holder_pod(first) == holder_pod(second) == "glmops-7d9f-abcde"
     assert next_action(lease(first), second, None, 0.0) is Action.wait
+
+
+def test_health_endpoints_answer_for_leader_and_standby_and_fail_when_the_election_loop_is_stuck() -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    from glmops import health
+
+    role = {"now": "standby"}
+    contact = {"at": time.monotonic()}
+    server = health.HealthServer(0, role=lambda: role["now"], last_contact_s=lambda: contact["at"], host="127.0.0.1")
+    server.start()
+    try:
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert get("/healthz") == (200, "ok standby\n") and get("/readyz") == (200, "ok standby\n")
+        role["now"] = "leader"
+        assert get("/healthz") == (200, "ok leader\n")
+        contact["at"] = time.monotonic() - health.STALE_AFTER_S - 1
+        assert get("/healthz") == (503, "stale leader\n")
+        assert get("/metrics")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_run_refuses_timings_that_could_let_two_leaders_act(capsys: pytest.CaptureFixture[str]) -> None:
+    from glmops.cli.main import main
+
+    assert main(["run", "--leader-elect", "--lease-duration", "10", "--renew-deadline", "12"]) == 2
+    assert "retry period < renew deadline < lease duration" in capsys.readouterr().err
