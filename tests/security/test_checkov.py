@@ -21,6 +21,7 @@ from planner_outputs import planner_outputs
 from glmops_dev.chart import render
 from glmops_trainer.llamacpp_src import cache_root
 
+pytestmark = pytest.mark.slow
 CHECKOV_VERSION = "3.3.30"
 SKIPS = Path(__file__).with_name("checkov-skips.yaml")
 
