@@ -78,6 +78,13 @@ def owned_flag(argument: str, runtime: str) -> str | None:
     return name if name in VLLM_OWNED else None
 
 
+def kubelet_literal(argument: str) -> str:
+    """`argument` as the kubelet passes it on unchanged: it expands `$(NAME)` in a container's
+    args from the container's environment (`$$` is a literal `$`), so text from a spec, such as
+    extraArgs, could otherwise read the API key the environment holds."""
+    return argument.replace("$", "$$")
+
+
 def first_owned_flag(extra_args: Sequence[str], runtime: str) -> tuple[int, str, str] | None:
     """(index, argument, owned flag) of the first extra argument that sets an owned flag."""
     for index, argument in enumerate(extra_args):
@@ -119,7 +126,7 @@ def llamacpp_args(a: LlamaCppArgs) -> list[str]:
     ]  # fmt: skip
     if a.threads is not None:
         args += ["--threads", str(a.threads)]
-    return [*args, *a.extra_args]
+    return [kubelet_literal(arg) for arg in [*args, *a.extra_args]]
 
 
 @dataclass(frozen=True)
@@ -192,4 +199,4 @@ def vllm_args(a: VllmArgs) -> list[str]:
         args += ["--max-lora-rank", str(rank), "--max-loras", str(len(a.adapters))]
     if a.mtp:
         args += ["--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": 1}, separators=(",", ":"))]
-    return [*args, *a.extra_args]
+    return [kubelet_literal(arg) for arg in [*args, *a.extra_args]]
