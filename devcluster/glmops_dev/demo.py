@@ -103,10 +103,12 @@ def prepare_workdir(workdir: Path) -> None:
     import shutil
 
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
     from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
+    transformers_logging.disable_progress_bar()  # the demo prints its own progress
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / "model"
     if not (model_dir / "config.json").is_file():
@@ -197,7 +199,7 @@ def follow_training(cluster: KubeCluster, clock: StageClock, timeout_s: float = 
 
     interactive = sys.stdout.isatty()
     deadline = time.monotonic() + timeout_s
-    last, last_printed = "", 0.0
+    shown: tuple[str, Any] = ("", None)
     while time.monotonic() < deadline:
         job = _get(cluster, "ftj", DEMO_JOB)
         phase = _phase(job)
@@ -208,20 +210,15 @@ def follow_training(cluster: KubeCluster, clock: StageClock, timeout_s: float = 
         line = f"  {phase or 'Pending':<10} {progress_text(job)}" if job else "  (not created yet)"
         if interactive:
             print("\r\033[K" + line, end="", flush=True)
-        elif line != last and (time.monotonic() - last_printed >= 5 or phase != _phase_of(last)):
-            print(line, flush=True)
-            last_printed = time.monotonic()
-        last = line
+        elif (phase, ((job.get("status") or {}).get("progress") or {}).get("step")) != shown:
+            print(line, flush=True)  # into a pipe or file: a line per step, not per second
+            shown = (phase, ((job.get("status") or {}).get("progress") or {}).get("step"))
         if phase in TERMINAL:
             if interactive:
                 print()
             return job
         time.sleep(1)
     raise DemoError(f"{DEMO_JOB} did not finish within {timeout_s:.0f} s (kubectl glmops logs {DEMO_JOB} -n {DEMO_NAMESPACE})")
-
-
-def _phase_of(line: str) -> str:
-    return line.split()[0] if line.strip() else ""
 
 
 def wait_ready(cluster: KubeCluster, timeout_s: float = 600) -> dict[str, Any]:
@@ -273,6 +270,19 @@ def show_answer(question: dict[str, Any], message: dict[str, Any]) -> None:
 # --- the demo -------------------------------------------------------------------------------------------
 
 
+def waiting_reasons(cluster: KubeCluster, width: int = 150) -> str:
+    """Why each example waits: a FineTuneJob's Succeeded condition, a ModelDeployment's Resolved one."""
+    lines = []
+    for kind, condition in (("ftj", "Succeeded"), ("mdep", "Resolved")):
+        listed = cluster.kubectl("get", kind, "-A", "-o", "json", check=False)
+        for item in json.loads(listed.stdout or "{}").get("items", []):
+            found = [c for c in (item.get("status") or {}).get("conditions") or [] if c.get("type") == condition]
+            message = str(found[0].get("message") or "") if found else "(not looked at yet)"
+            text = f"  {item['kind']}/{item['metadata']['name']}: {message}"
+            lines.append(text if len(text) <= width else text[: width - 3] + "...")
+    return "\n".join(lines)
+
+
 def _check_llama_cpp() -> None:
     from glmops_trainer.export.llamacpp_build import LlamaCppToolError, find_tool
 
@@ -304,12 +314,7 @@ def run_demo(
     clock.stage("examples", "Applying examples/: their PVCs and Secrets do not exist here, so they wait, saying what for")
     apply_examples(cluster, repo_root() / "examples")
     time.sleep(3)  # the operator's first look at them
-    waiting = cluster.kubectl(
-        "get", "ftj,mdep", "-A", "-o",
-        "jsonpath={range .items[*]}  {.kind}/{.metadata.name}: {.status.conditions[?(@.status=='False')].message}{'\\n'}{end}",
-        check=False,
-    ).stdout  # fmt: skip
-    print(waiting.rstrip())
+    print(waiting_reasons(cluster))
 
     workdir = repo_root() / ".state" / "demo"
     clock.stage("model", f"Building a tiny GLM-4.7-Flash-architecture model in {workdir} (random weights, official chat template)")
