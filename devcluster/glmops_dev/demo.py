@@ -262,7 +262,12 @@ def show_answer(question: dict[str, Any], message: dict[str, Any]) -> None:
         print(f"  Reasoning:  {message['reasoning_content'].strip()}")
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        print(f"  Tool call:  {function.get('name')}({function.get('arguments')})")
+        arguments = str(function.get("arguments") or "")
+        try:
+            arguments = json.dumps(json.loads(arguments))  # one spelling, whatever spacing the server chose
+        except ValueError:
+            pass
+        print(f"  Tool call:  {function.get('name')}({arguments})")
     if (message.get("content") or "").strip():
         print(f"  Answer:     {message['content'].strip()}")
 

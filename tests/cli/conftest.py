@@ -41,15 +41,23 @@ class Terminal:
     def start(self, argv: list[str], env: dict[str, str], width: int = 140, height: int = 30) -> None:
         """Run `argv` in a fresh window of `width` x `height`; the pane stays after it exits."""
         exports = [f"{k}={v}" for k, v in env.items()]
-        self._run("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "env", *exports, *argv)
-        self._run("set-option", "-t", "t", "remain-on-exit", "on")
+        # One tmux command line: the pane is kept before the program can exit (no user config read).
+        self._run(
+            "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "env", *exports, *argv,
+            ";", "set-option", "-t", "t", "remain-on-exit", "on",
+        )  # fmt: skip
 
     def screen(self) -> str:
-        """What the window shows now, line by line (trailing blanks dropped)."""
-        return "\n".join(line.rstrip() for line in self._run("capture-pane", "-p", "-t", "t").splitlines()).rstrip()
+        """What the window shows now and what scrolled off it, line by line (trailing blanks and
+        tmux's own "Pane is dead" line dropped)."""
+        captured = self._run("capture-pane", "-p", "-J", "-S", "-200", "-t", "t").splitlines()
+        return "\n".join(line.rstrip() for line in captured if not line.startswith("Pane is dead")).rstrip()
 
     def exited(self) -> bool:
         return self._run("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
+
+    def exit_status(self) -> int:
+        return int(self._run("display-message", "-p", "-t", "t", "#{pane_dead_status}").strip())
 
     def wait_for(self, what: str, probe: Callable[[str], bool], timeout_s: float = 60) -> str:
         """Poll the screen until `probe` holds; fail showing the screen."""

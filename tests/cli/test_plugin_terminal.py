@@ -70,6 +70,7 @@ def test_watch_draws_a_bar_that_moves_in_place_and_ends_with_the_job(
     _set_status(cluster, namespace, "coder", {"phase": "Succeeded"})
     done = terminal.wait_for("the watch to end", lambda s: terminal.exited())
     assert "Succeeded" in done and "done" in done
+    assert terminal.exit_status() == 0
 
 
 def test_status_lists_the_job_with_its_bar_in_a_terminal(
@@ -81,7 +82,7 @@ def test_status_lists_the_job_with_its_bar_in_a_terminal(
 
     terminal.start([*plugin_command, "status", "-n", namespace], _env(cluster))
 
-    screen = terminal.wait_for("the status page", lambda s: terminal.exited() and "FINETUNEJOB" in s)
+    screen = terminal.wait_for("the status page", lambda s: terminal.exited() and "No ModelDeployments." in s)
     lines = screen.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("FINETUNEJOB"))
     assert lines[header].split() == ["FINETUNEJOB", "PHASE", "PROGRESS"]
