@@ -56,8 +56,14 @@ class Terminal:
     def exited(self) -> bool:
         return self._run("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
 
-    def exit_status(self) -> int:
-        return int(self._run("display-message", "-p", "-t", "t", "#{pane_dead_status}").strip())
+    def exit_status(self, timeout_s: float = 10) -> int:
+        """The exit status of the program (tmux records it a moment after marking the pane dead)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._run("display-message", "-p", "-t", "t", "#{pane_dead_status}").strip()
+            if status or time.monotonic() > deadline:
+                return int(status)
+            time.sleep(0.1)
 
     def wait_for(self, what: str, probe: Callable[[str], bool], timeout_s: float = 60) -> str:
         """Poll the screen until `probe` holds; fail showing the screen."""
