@@ -43,8 +43,11 @@ checkov:
 
 native: kubernetes llamacpp
 
+# The demo: local control plane, operator, a tiny Flash model fine-tuned, served and asked; until
+# Ctrl-C. `make demo DEMO_ARGS=--exit` stops after the answer (bench/demo_time.py does).
+DEMO_ARGS ?=
 demo: venv native
-	$(PY) -m glmops_dev demo
+	$(PY) -m glmops_dev demo $(DEMO_ARGS)
 
 # The serving tests need the vLLM CPU environment, the CEL tests the apiextensions-apiserver,
 # the security tests checkov; the demo needs none of them.

@@ -25,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from glmops import kube
+from glmops import kube, metrics
 from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import KIND, PLURAL, FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Phase, Plan
 from glmops.conditions import ConditionType, Reason, find_condition
@@ -92,6 +92,12 @@ async def ftj_polled(namespace: str | None, name: str, status: kopf.Status, **_:
     if phase == Phase.pending and not status.get("trainerJob"):
         return {"waiting": (str(namespace), name)}
     return None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def ftj_summaries(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, metrics.JobSummary]:
+    """Every job's phase and progress, for the operator's metrics (glmops.metrics)."""
+    return {metrics.ALL: metrics.job_summary(str(namespace), name, status)}
 
 
 class NodeCache:
@@ -248,6 +254,11 @@ def converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any
     """
     if not name:
         return
+    with metrics.reconciling(memo, metrics.FINETUNEJOB):
+        _converge(memo, namespace, name, outputs, diffbase)
+
+
+def _converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any, str], diffbase: str | None) -> None:
     api: client.ApiClient = memo.api
     for _attempt in range(CONFLICT_RETRIES):
         body = kube.get_custom(api, PLURAL, namespace, name)

@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from glmops import kube
+from glmops import kube, metrics
 from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import PLURAL as FTJ_PLURAL
 from glmops.api.modeldeployment import (
@@ -75,6 +75,12 @@ async def mdep_jobs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any)
     jobs = [str((spec.get("source") or {}).get("fineTuneJob") or "")]
     jobs += [str(a.get("fineTuneJob") or "") for a in spec.get("adapters") or [] if isinstance(a, dict)]
     return {(namespace, job): name for job in jobs if job} or None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def mdep_summaries(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, metrics.DeploymentSummary]:
+    """Every deployment's phase and replicas, for the operator's metrics (glmops.metrics)."""
+    return {metrics.ALL: metrics.deployment_summary(str(namespace), name, spec, status)}
 
 
 def _gather_facts(
@@ -147,6 +153,11 @@ def reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str,
     its status is recomputed from the Deployment, ReplicaSets and pods. A status write that lost
     to another writer (409) is redone from a fresh read.
     """
+    with metrics.reconciling(memo, metrics.MODELDEPLOYMENT, waits=(_Retry,)):
+        _reconcile_deployment(api, memo, namespace, name, replan)
+
+
+def _reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str, name: str, replan: bool) -> None:
     settings: Settings = memo.settings
     for _attempt in range(CONFLICT_RETRIES):
         body = kube.get_custom(api, PLURAL, namespace, name)

@@ -13,6 +13,7 @@ from glmops import kube
 from glmops.api.common import GROUP
 from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache, Poller
 from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
+from glmops.metrics import OperatorMetrics
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
 from glmops.settings import Settings
 
@@ -69,12 +70,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # would need a finalizer on every training job).
     memo.poller = Poller(memo, kwargs["ftj_polled"], kwargs["ftj_outputs"])
     memo.poller.start()
+    memo.metrics = OperatorMetrics()
+    memo.metrics.watch(kwargs["ftj_summaries"], kwargs["mdep_summaries"])
+    memo.metrics.serve(ours.metrics_address, ours.metrics_port)
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the poller and close the API client's connection pool."""
+    """Stop the metrics endpoint and the poller, and close the API client's connection pool."""
+    metrics = getattr(memo, "metrics", None)
+    if metrics is not None:
+        metrics.stop()
     poller = getattr(memo, "poller", None)
     if poller is not None:
         poller.stop()
