@@ -15,22 +15,40 @@ also reports relative errors against the unquantized model (the routed experts' 
 same routing, and the logits of both loads), and the memory plan of the real models (QLoRA,
 sequence length 8192).
 
-Goals: expert_bytes_per_param <= 0.6 (plain: 2.0); total_bytes_per_param well below plain's ~1.9.
+Then memory while loading, measured as process memory: a bigger flagship-architecture checkpoint
+in several safetensors shards (--load-experts routed experts of hidden and MoE size 1024 per layer,
+about 1.2 GB in bf16 at the default 64) is loaded in a fresh process by each loader, and the
+process's resident memory is read from /proc: VmRSS before loading and after it (freed heap
+returned to the system first), and the peak during loading (VmHWM, reset just before the load).
+The loaders: `sharded` is the flagship's FSDP loader (`load_sharded_model`, here unsharded in one
+process: the same reads and quantization one rank does for its share), `transformers` is the
+single-process loader (`load_quantized_model`, transformers' streaming loader with our quantizer).
+A second checkpoint with half the experts gives `expert_bytes_per_param_rss`: the difference of the
+two resident sizes over the difference of their expert parameters, so interpreter and the rest of
+the model cancel out.
+
+Goals: expert_bytes_per_param <= 0.6 (plain: 2.0) by tensor sizes and by RSS;
+load_peak_over_resident (peak RSS during load / RSS after load, flagship loader) <= 1.3.
 The last line reads `RESULT key=value ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 EXPERT_GOAL = 0.6
+LOAD_PEAK_GOAL = 1.3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         "--moe-intermediate", type=int, default=512, help="moe_intermediate_size (multiple of 256)"
     )
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (the first is dense)")
+    parser.add_argument(
+        "--load-experts", type=int, default=64, help="routed experts per layer of the load-memory checkpoint"
+    )
+    parser.add_argument("--skip-load", action="store_true", help="skip the load-memory measurements")
+    parser.add_argument(
+        "--loaders", default="sharded,transformers", help="loaders to measure, comma-separated (default both)"
+    )
+    parser.add_argument("--measure-load", nargs=2, metavar=("LOADER", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure_load:
+        print(json.dumps(measure_load(*args.measure_load)))
+        return 0
 
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -148,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{plan.total_gib:.1f} GiB total ({plan.parameters / 1e9:.1f}B params, {plan.lora_parameters / 1e6:.0f}M LoRA; "
             f"per GPU: {detail})"
         )
+    load = {} if args.skip_load else load_memory(workdir, args.load_experts, args.loaders.split(","))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
+    load_fields = " ".join(f"{key}={value}" for key, value in load.items())
     print(
         f"RESULT expert_bytes_per_param={expert_bytes_per_param:.4f} total_bytes_per_param={total_bytes_per_param:.4f} "
         f"plain_total_bytes_per_param={plain_total:.4f} expert_share={expert_share:.4f} "
@@ -157,9 +188,92 @@ def main(argv: list[str] | None = None) -> int:
         f"plain_logit_rel_error={plain_logit_error:.4f} goal_expert_bytes_per_param={EXPERT_GOAL} "
         f"flash_qlora_per_gpu_gib={plans['flash'].per_gpu_gib:.1f} "
         f"flagship_qlora_total_gib={plans['flagship'].total_gib:.1f} "
-        f"flagship_qlora_experts_total_gib={plans['flagship_experts'].total_gib:.1f}"
+        f"flagship_qlora_experts_total_gib={plans['flagship_experts'].total_gib:.1f} {load_fields}"
     )
-    return 0 if expert_bytes_per_param <= EXPERT_GOAL else 1
+    met = expert_bytes_per_param <= EXPERT_GOAL
+    if load:
+        met = met and float(load["load_peak_over_resident"]) <= LOAD_PEAK_GOAL
+        met = met and float(load["expert_bytes_per_param_rss"]) <= EXPERT_GOAL
+    return 0 if met else 1
+
+
+def load_memory(workdir: Path, experts: int, loaders: list[str]) -> dict[str, Any]:
+    """Build the two load checkpoints, load each with each loader in a fresh process, return the figures."""
+    from glmops_trainer.tiny.models import build_tiny_model
+
+    shape: dict[str, Any] = {
+        "hidden_size": 1024, "intermediate_size": 1024, "moe_intermediate_size": 1024, "num_hidden_layers": 4,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
+    }  # fmt: skip
+    counts = {"full": experts, "half": experts // 2}
+    dirs = {
+        name: build_tiny_model("glm4_moe", workdir / f"load-{name}", n_routed_experts=count, num_shards=4, **shape)
+        for name, count in counts.items()
+    }
+    # expert parameters per checkpoint: 3 MoE layers x experts x (gate, up, down) x hidden x moe size
+    expert_params = {name: 3 * count * 3 * 1024 * 1024 for name, count in counts.items()}
+    measured: dict[str, dict[str, dict[str, int]]] = {}
+    for loader in loaders:
+        measured[loader] = {}
+        for name, model_dir in dirs.items():
+            done = subprocess.run(
+                [sys.executable, __file__, "--measure-load", loader, str(model_dir)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            measured[loader][name] = json.loads(done.stdout.strip().splitlines()[-1])
+            m = measured[loader][name]
+            print(
+                f"load {loader:12s} {counts[name]:3d} experts: RSS before {m['before'] / 2**20:.0f} MiB, "
+                f"peak during load {m['peak'] / 2**20:.0f} MiB, after {m['after'] / 2**20:.0f} MiB"
+            )
+    figures: dict[str, Any] = {"load_experts": experts}
+    for loader, prefix in (("sharded", ""), ("transformers", "transformers_")):
+        if loader not in measured:
+            continue
+        full, half = measured[loader]["full"], measured[loader]["half"]
+        figures[f"{prefix}load_peak_over_resident"] = f"{full['peak'] / full['after']:.3f}"
+        net = (full["peak"] - full["before"]) / (full["after"] - full["before"])
+        figures[f"{prefix}load_peak_over_resident_net"] = f"{net:.3f}"
+        per_param = (full["after"] - half["after"]) / (expert_params["full"] - expert_params["half"])
+        figures[f"{prefix}expert_bytes_per_param_rss"] = f"{per_param:.4f}"
+    figures["load_resident_mib"] = round(measured[loaders[0]]["full"]["after"] / 2**20)
+    figures["load_checkpoint_bf16_mib"] = round(sum(f.stat().st_size for f in dirs["full"].glob("*.safetensors")) / 2**20)
+    return figures
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status (this measurement needs Linux)")
+
+
+def measure_load(loader: str, model_dir: str) -> dict[str, int]:
+    """In this (fresh) process: resident bytes before and after loading `model_dir`, and the peak while loading."""
+    import torch
+
+    from glmops_trainer.config import LoraConfig, LoraTarget, Method, Variant
+    from glmops_trainer.model.load import load_quantized_model
+    from glmops_trainer.model.sharded import load_sharded_model
+
+    torch.set_num_threads(1)
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc_trim(0)
+    before = _status_kib("VmRSS") * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (the peak) to the current RSS
+    if loader == "sharded":
+        lora = LoraConfig(rank=16, targets=[LoraTarget.attention, LoraTarget.shared_experts])
+        model = load_sharded_model(
+            Path(model_dir), Variant.flagship, Method.qlora, lora,
+            device=torch.device("cpu"), compute_dtype=torch.float32, shard=False,
+        )  # fmt: skip
+    else:
+        model = load_quantized_model(Path(model_dir), compute_dtype=torch.float32, device_map={"": "cpu"})
+    peak = _status_kib("VmHWM") * 1024
+    libc.malloc_trim(0)
+    after = _status_kib("VmRSS") * 1024
+    del model
+    return {"before": before, "peak": peak, "after": after}
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -96,12 +96,25 @@ def test_flash_qlora_fits_one_48_gb_class_gpu_at_8192_tokens() -> None:
     )
 
 
-@pytest.mark.parametrize("targets", [DEFAULT_TARGETS["flagship"], ["attention", "shared_experts", "experts"]])
-def test_flagship_qlora_needs_250_to_320_gib_over_eight_gpus(targets: list[str]) -> None:
-    plan = _plan("flagship", targets=targets)
+def test_flagship_qlora_needs_250_to_320_gib_over_eight_gpus() -> None:
+    plan = _plan("flagship")
     assert 250 <= plan.total_gib <= 320
     assert plan.per_gpu_gib < 80  # fits 80 GB cards
-    assert plan.sharding == "split"
+    assert plan.sharding == "fsdp"
+    assert plan.total_gib == pytest.approx(8 * plan.per_gpu_gib)  # every rank holds the same
+
+
+def test_flagship_expert_lora_costs_its_optimizer_state_and_a_bigger_layer_on_every_gpu() -> None:
+    """LoRA on the 160 routed experts (opt-in) adds its AdamW state, sharded, and on each GPU a larger
+    gathered layer and working set; with 8 micro-batches in flight that is above the default's band."""
+    default = _plan("flagship")
+    experts = _plan("flagship", targets=["attention", "shared_experts", "experts"])
+    added_state = (experts.lora_parameters - default.lora_parameters) * 16 / 1024**3
+    assert experts.breakdown_gib["lora_and_optimizer"] - default.breakdown_gib["lora_and_optimizer"] == (
+        pytest.approx(added_state / 8)
+    )
+    assert 320 < experts.total_gib < 360
+    assert experts.per_gpu_gib < 48
 
 
 def test_breakdown_sums_to_the_per_gpu_figure() -> None:
@@ -172,3 +185,9 @@ def test_the_plan_imports_no_ml_stack() -> None:
     code = "import sys, glmops.plan.memory; bad = {'torch', 'transformers', 'peft'} & set(sys.modules); print(sorted(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_an_unknown_sharding_is_refused_not_planned_as_a_replica() -> None:
+    # A misspelt or retired placement ("split") must not quietly plan a whole replica per GPU.
+    with pytest.raises(ValueError, match="sharding must be 'replicate' or 'fsdp', not 'split'"):
+        plan_memory("flagship", "qlora", 16, ["attention"], 4096, 1, gpus=8, sharding="split")  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 python -m glmops_dev build                 build (or reuse) the control plane's binaries
 python -m glmops_dev up [--state-dir DIR]  start cluster + GPU nodes + CRDs until Ctrl-C
-python -m glmops_dev demo                  `up`, node agent, operator; examples/ validated; a tiny Flash job run end to end
+python -m glmops_dev demo [--exit]         `up`, node agent, operator; a tiny Flash model fine-tuned, served, and asked
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, text in (
         ("up", "start the local cluster with GPU nodes and CRDs; runs until Ctrl-C"),
-        ("demo", "like up, plus node agent and operator: examples/ validated, a tiny Flash FineTuneJob run end to end"),
+        ("demo", "like up, plus node agent and operator: a tiny Flash model fine-tuned, served with llama.cpp and asked"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
@@ -97,6 +97,12 @@ def _run_until_interrupted() -> None:
 def _up(args: argparse.Namespace, demo: bool) -> int:
     _stop_on_sigterm()
     stoppers: list[Callable[[], None]] = []
+    clock = None
+    if demo:
+        from glmops_dev.demo import StageClock
+
+        clock = StageClock()
+        clock.stage("cluster", "Starting the local control plane, simulated GPU nodes, pod network, kube-proxy and DNS")
     try:
         env = start_environment(
             args.state_dir,
@@ -107,14 +113,19 @@ def _up(args: argparse.Namespace, demo: bool) -> int:
     except (BinariesNotFoundError, ClusterStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    status = 0
     try:
         _print_connection(env)
-        if demo:
-            print()
-            from glmops_dev.demo import run_demo
+        if clock is not None:
+            from glmops_dev.demo import DemoError, run_demo
 
-            agent, operator = run_demo(env.cluster, repo_root() / ".state" / "demo-run", apply_examples)
-            stoppers.extend([agent.stop, operator.stop])
+            try:
+                run_demo(env.cluster, repo_root() / ".state" / "demo-run", apply_examples, clock, stoppers)
+            except DemoError as exc:
+                print(f"\ndemo failed: {exc}", file=sys.stderr)
+                status = 1
+                if not args.exit:
+                    print("The cluster stays up for a look; Ctrl-C stops and cleans up.", file=sys.stderr)
         if not getattr(args, "exit", False):
             _run_until_interrupted()
     except KeyboardInterrupt:
@@ -123,7 +134,9 @@ def _up(args: argparse.Namespace, demo: bool) -> int:
         for stop in reversed(stoppers):
             stop()
         env.close()
-    return 0
+        if clock is not None:
+            print("Stopped: the operator, the node agent and its pods, the control plane and the pod network are gone.", file=sys.stderr)
+    return status
 
 
 def _build() -> int:

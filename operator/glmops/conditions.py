@@ -71,6 +71,7 @@ class Reason(StrEnum):
     invalid_name = "InvalidName"
     model_downloading = "ModelDownloading"
     model_download_failed = "ModelDownloadFailed"
+    mtp_layer_missing = "MtpLayerMissing"
     # serving: what the pods show
     replicas_ready = "ReplicasReady"
     no_ready_replicas = "NoReadyReplicas"

@@ -405,3 +405,52 @@ def delete_labelled(api: client.ApiClient, kind: str, namespace: str, label_sele
             if exc.status != 404:
                 raise
     return deleted
+
+
+# --- leader election: the operator's Lease (coordination.k8s.io/v1) ------------------------------
+
+
+def _lease_path(namespace: str, name: str | None = None) -> str:
+    return _path("/apis/coordination.k8s.io/v1", "leases", namespace, name)
+
+
+def get_lease(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
+    """The Lease, or None when it does not exist yet."""
+    return _get_or_none(api, _lease_path(namespace, name))
+
+
+def create_lease(api: client.ApiClient, namespace: str, name: str, spec: Mapping[str, Any]) -> Obj | None:
+    """Create the Lease with `spec`; None when another replica created it first (409)."""
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+    try:
+        result: Obj = request(api, "POST", _lease_path(namespace), body=body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return None
+        raise
+    return result
+
+
+def replace_lease(api: client.ApiClient, lease: Mapping[str, Any], spec: Mapping[str, Any]) -> Obj | None:
+    """Write `spec` into the Lease if it is still at the resourceVersion read; None when it changed (409)."""
+    metadata = lease["metadata"]
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "resourceVersion": metadata["resourceVersion"],
+            # Kept as they are: the Lease may belong to a Helm release (its ownership marks).
+            "labels": metadata.get("labels") or {},
+            "annotations": metadata.get("annotations") or {},
+        },
+        "spec": dict(spec),
+    }
+    try:
+        result: Obj = request(api, "PUT", _lease_path(metadata["namespace"], metadata["name"]), body=body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return None
+        raise
+    return result

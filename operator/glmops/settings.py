@@ -63,6 +63,10 @@ class Settings:
     """Port of the trainer's progress endpoint (`/metrics` on the pod IP), which the operator scrapes."""
     progress_poll_seconds: float = 10.0
     """How often the operator reads the progress endpoint of each training job."""
+    metrics_port: int = 8080
+    """Port of the operator's own Prometheus endpoint (`/metrics`: reconciles, errors, latency, jobs by phase, deployments ready); 0 turns it off."""
+    metrics_address: str = "0.0.0.0"
+    """Address that endpoint binds (all of the pod's addresses; 127.0.0.1 for an operator run on a workstation)."""
     api_timeout_seconds: float = 30.0
     """Timeout of every API request the operator makes (its watches have their own, longer ones)."""
     export_cpu: str = "4"

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from glmops.api.finetunejob import ArtifactRef, Artifacts, GgufArtifact, Progress, Quantization
+from glmops.api.finetunejob import (
+    ArtifactRef,
+    Artifacts,
+    GgufArtifact,
+    MergedArtifact,
+    Progress,
+    Quantization,
+)
 from glmops.contract.records import ProgressRecord, ResultRecord
 
 
@@ -54,6 +61,15 @@ def artifacts_from_result(raw: dict[str, Any]) -> Artifacts:
             return ArtifactRef(uri=value["uri"], size_bytes=value.get("sizeBytes"), sha256=value.get("sha256"))
         return None
 
+    def merged_ref(value: object) -> MergedArtifact | None:
+        found = ref(value)
+        if found is None:
+            return None
+        # How many MTP layers the merged checkpoint kept; unknown (None) from exports that did not say.
+        mtp = value.get("mtpLayers") if isinstance(value, dict) else None
+        known = isinstance(mtp, int) and not isinstance(mtp, bool) and mtp >= 0
+        return MergedArtifact(**found.model_dump(), mtp_layers=mtp if known else None)
+
     gguf = [
         GgufArtifact(
             quantization=Quantization(entry["quantization"]),
@@ -68,6 +84,6 @@ def artifacts_from_result(raw: dict[str, Any]) -> Artifacts:
     return Artifacts(
         manifest=manifest if isinstance(manifest, str) else None,
         adapter=ref(raw.get("adapter")),
-        merged=ref(raw.get("merged")),
+        merged=merged_ref(raw.get("merged")),
         gguf=gguf,
     )

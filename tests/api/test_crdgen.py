@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from glmops.api.common import LABEL_VALUE_PATTERN
 from glmops.cli.main import main as glmops_main
-from glmops.contract.uris import MODEL_SCHEMES, pattern_for
+from glmops.contract.uris import UriRole, finetune_dataset_pattern, pattern
 from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,11 @@ def test_finetunejob_schema_details() -> None:
     alpha = spec["properties"]["training"]["properties"]["lora"]["properties"]["alpha"]
     assert alpha["minimum"] == 0 and alpha["exclusiveMinimum"] is True
     assert spec["properties"]["training"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
-    assert spec["properties"]["model"]["properties"]["source"]["pattern"] == pattern_for(MODEL_SCHEMES)
+    # Every URI field's pattern is its role's, from the one grammar.
+    assert spec["properties"]["model"]["properties"]["source"]["pattern"] == pattern(UriRole.model)
+    # a dataset file, or synthetic://NAME (a SyntheticDataset in the namespace)
+    assert spec["properties"]["dataset"]["properties"]["source"]["pattern"] == finetune_dataset_pattern()
+    assert spec["properties"]["output"]["properties"]["destination"]["pattern"] == pattern(UriRole.output)
     node_selector = spec["properties"]["resources"]["properties"]["nodeSelector"]
     assert node_selector["additionalProperties"] == {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}
     assert node_selector["x-kubernetes-validations"][0]["rule"].startswith("self.all(k, k.matches(")

@@ -16,6 +16,10 @@ from typing import Any
 
 import pytest
 from apiext import NAMESPACE, ApiextServer, ApiResponse, load_crds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from glmops.contract.uris import UriError, UriRole, parse_uri, pattern
 
 pytestmark = pytest.mark.cluster  # needs a built server, like the control plane
 
@@ -332,6 +336,17 @@ for _kind, _where in TOLERATIONS:
         ({"dataset": {"source": "synthetic://payments-synth"}}, True),  # a SyntheticDataset's output
         ({"dataset": {"source": "synthetic://payments-synth/train.jsonl"}}, False),
         ({"dataset": {"source": "synthetic://Payments"}}, False),
+        # The Hub's own form: revision after the name, '/' in a branch encoded, special refs as they are.
+        ({"dataset": {"source": "hf://datasets/zai-org/agent-traces@feature%2Fclean/data/train.jsonl"}}, True),
+        ({"dataset": {"source": "hf://datasets/zai-org/agent-traces@refs/pr/3/train.jsonl"}}, True),
+        ({"dataset": {"source": "hf://datasets/zai-org/agent-traces/train.jsonl@v1"}}, False),  # revision last
+        ({"dataset": {"source": "pvc://datasets"}}, False),  # a claim, not a file
+        ({"model": {"source": "hf://zai-org/GLM-4.7-Flash@v1"}}, True),
+        ({"model": {"source": "hf://models/zai-org/GLM-4.7-Flash"}}, True),
+        ({"model": {"source": "hf://org/checkpoints@main/runs/step-400"}}, True),
+        ({"model": {"source": "hf://org/checkpoints/runs/step-400@main"}}, False),  # revision last
+        ({"model": {"source": "hf://datasets/zai-org/agent-traces"}}, False),  # a dataset repository
+        ({"model": {"source": "hf://zai-org/GLM-4.7@refs/heads/main"}}, False),  # write refs%2Fheads%2Fmain
         ({"output": {"destination": "s3://ml-artifacts"}}, True),
         ({"output": {"destination": "hf://zai-org/out"}}, False),
         ({"output": {"destination": "s3://ml-artifacts/x", "endpointUrl": "minio:9000"}}, False),  # no scheme
@@ -347,6 +362,47 @@ def test_storage_uris_the_trainer_cannot_read_are_refused_on_apply(
     assert (response.status == 201) is accepted, response.message
     if not accepted:
         assert response.status == 422 and "should match" in response.message, response.message
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("hf://unsloth/GLM-4.7-Flash-GGUF@main/GLM-4.7-Flash-Q4_K_M.gguf", True),
+        ("hf://unsloth/GLM-4.7-Flash-GGUF@release%2Fv2/GLM-4.7-Flash-Q4_K_M.gguf", True),
+        ("hf://unsloth/GLM-4.7-Flash-GGUF/GLM-4.7-Flash-Q4_K_M.gguf@main", False),  # revision last
+        ("pvc://models/glm-4.7-flash-Q4_K_M.gguf", True),
+        ("hf://GLM-4.7-Flash", False),
+    ],
+)
+def test_model_deployment_uris_follow_the_same_grammar(apiext: ApiextServer, uri: str, accepted: bool) -> None:
+    response = _create(apiext, MDEP_PATH, _mdep({"uri": uri, "variant": "flash"}))
+    assert (response.status == 201) is accepted, response.message
+    if not accepted:
+        assert response.status == 422 and "should match" in response.message, response.message
+
+
+# ---- the URI patterns as the apiserver reads them (RE2) agree with the parser (Python re) ---------
+
+_URI_FIELDS = {UriRole.model: ("model", "source"), UriRole.dataset: ("dataset", "source"), UriRole.output: ("output", "destination")}
+_ODD_TEXT = st.text(alphabet="abcXYZ019-_./@%~+ \t\u00a0\u2003\u00e9", max_size=24)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_the_apiserver_reads_every_uri_pattern_as_the_parser_does(apiext: ApiextServer, data: st.DataObject) -> None:
+    role = data.draw(st.sampled_from(list(UriRole)))
+    scheme = data.draw(st.sampled_from(["hf://", "hf://datasets/", "s3://ml-data/", "pvc://datasets/", "file:///"]))
+    uri = data.draw(st.one_of(st.from_regex(pattern(role), fullmatch=True), _ODD_TEXT.map(lambda t: scheme + t)))
+    section, field = _URI_FIELDS[role]
+    base = _ftj()["spec"]
+    base[section] = {**base[section], field: uri}
+    response = _create(apiext, FTJ_PATH + "?dryRun=All", _ftj(**base))
+    try:
+        parse_uri(uri, "f", role)
+        parsed = True
+    except UriError:
+        parsed = False
+    assert (response.status == 201) is parsed, (uri, role, response.message)
 
 
 # ---- SyntheticDataset: one teacher, a .jsonl output that is not the prompts, turns need fixtures, immutable ----

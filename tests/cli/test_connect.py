@@ -111,3 +111,37 @@ def test_only_the_cli_reads_secret_values() -> None:
         str(path.relative_to(package)) for path in package.rglob("*.py") if "read_secret_value(" in path.read_text()
     )
     assert readers == ["cli/connect.py", "kube.py"]
+
+
+def _on(runtime: str, **status: Any) -> dict[str, Any]:
+    body = deployment(**status)
+    body["spec"]["runtime"] = runtime
+    return body
+
+
+def test_openai_clients_are_told_where_each_runtime_puts_the_reasoning() -> None:
+    # vLLM 0.32 returns message.reasoning; llama-server (--reasoning-format deepseek) message.reasoning_content
+    vllm = render("openai", connection_from(_on("vllm"), key="k"))
+    llama = render("openai", connection_from(_on("llamacpp"), key="k"))
+    assert "message.reasoning, delta.reasoning when streamed" in vllm and ".get('reasoning')" in vllm
+    assert "message.reasoning_content, delta.reasoning_content when streamed" in llama
+    assert ".get('reasoning_content')" in llama
+    # a deployment written before spec.runtime existed is llama.cpp, the API's default
+    assert connection_from(deployment()).reasoning_field == "reasoning_content"
+
+
+def test_cline_and_aider_are_warned_that_vllm_names_the_reasoning_field_differently() -> None:
+    for client in ("cline", "aider"):
+        assert "returns reasoning as `reasoning`" in render(client, connection_from(_on("vllm"), key="k"))
+        assert "returns reasoning as" not in render(client, connection_from(_on("llamacpp"), key="k"))
+    # aider's metadata file still parses: the warning sits above it
+    text = render("aider", connection_from(_on("vllm"), key="k"))
+    assert json.loads(text[text.index("{") :])["openai/coder"]["max_input_tokens"] == 65536
+
+
+def test_claude_code_gets_thinking_blocks_on_either_runtime() -> None:
+    for runtime in ("vllm", "llamacpp"):
+        text = render("claude-code", connection_from(_on(runtime), key="k"))
+        assert "thinking blocks" in text and "reasoning_content" not in text
+        assert ("vLLM refuses it in x-api-key" in text) == (runtime == "vllm")
+        assert json.loads(text[text.index("{") :])["env"]["ANTHROPIC_BASE_URL"] == "http://coder.ml.svc:8000"

@@ -17,6 +17,7 @@ from glmops_trainer.export.adapter import AdapterError
 from glmops_trainer.export.merge import (
     INDEX_NAME,
     MergeError,
+    count_mtp_layers,
     iter_checkpoint_tensors,
     merge_lora_streaming,
 )
@@ -142,11 +143,44 @@ def test_mtp_layer_is_copied_unchanged(tokenizer_dir: Path, tmp_path: Path) -> N
     names = mtp_tensor_names(base)
     assert len(names) > 30 and "model.layers.3.eh_proj.weight" in names
     assert sorted(result.mtp_tensors) == names
+    assert result.mtp_layers == 1
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_nextn_predict_layers"] == 1
     merged, original = _tensors(tmp_path / "merged"), _tensors(base)
     for name in names:
         assert torch.equal(merged[name], original[name]), name
     index = json.loads((tmp_path / "merged" / INDEX_NAME).read_text())
     assert set(names) <= set(index["weight_map"])
+
+
+
+def test_a_base_that_declares_an_mtp_layer_it_lacks_is_merged_with_none(tokenizer_dir: Path, tmp_path: Path) -> None:
+    # A checkpoint re-saved by transformers drops the MTP tensors but keeps num_nextn_predict_layers.
+    from tinyexport import build_base
+
+    base = build_base("glm4_moe", tmp_path / "base", tokenizer_dir, num_shards=1)
+    assert mtp_tensor_names(base)  # the tiny flagship has the layer; strip it as a re-save would
+    stripped = tmp_path / "stripped"
+    shutil.copytree(base, stripped)
+    tensors = {k: v for k, v in _tensors(stripped).items() if not k.startswith("model.layers.3.")}
+    for shard in stripped.glob("*.safetensors"):
+        shard.unlink()
+    (stripped / INDEX_NAME).unlink(missing_ok=True)
+    save_file(tensors, str(stripped / "model.safetensors"), metadata={"format": "pt"})
+    assert json.loads((stripped / "config.json").read_text())["num_nextn_predict_layers"] == 1
+    adapter = make_adapter(stripped, tmp_path / "adapter", "glm4_moe")
+
+    result = merge_lora_streaming(stripped, adapter, tmp_path / "merged")
+    assert (result.mtp_tensors, result.mtp_layers) == ([], 0)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_nextn_predict_layers"] == 0
+
+
+def test_mtp_layers_count_only_declared_layers_that_are_complete() -> None:
+    config = {"num_hidden_layers": 3, "num_nextn_predict_layers": 1}
+    whole = [f"model.layers.3.{part}" for part in ("eh_proj.weight", "enorm.weight", "hnorm.weight", "mlp.gate.weight")]
+    assert count_mtp_layers(whole, config) == 1
+    assert count_mtp_layers(whole[1:], config) == 0  # no eh_proj: cannot draft
+    assert count_mtp_layers(whole, {**config, "num_nextn_predict_layers": 0}) == 0  # not declared: no server loads it
+    assert count_mtp_layers([n.replace("layers.3", "layers.4") for n in whole], config) == 0
 
 
 def _fuse_experts(src: Path, dst: Path) -> None:

@@ -62,8 +62,17 @@ def test_adapter_and_merged_are_published_with_a_manifest(
     assert sum(1 for f in formats.values() if f == "merged") == len(list((out / "merged").iterdir()))
     assert all(item["baseModel"] == f"file://{bf16_base}" for item in manifest["artifacts"])
     adapter_manifest = json.loads((out / "adapter" / "glmops-adapter.json").read_text())
-    assert adapter_manifest["vllmLoadable"] is False
+    assert adapter_manifest["fusedExpertLora"] is True and adapter_manifest["vllmLoadable"] is True
+    assert "--enable-mixed-moe-lora-format" in adapter_manifest["vllmNote"]
     assert adapter_manifest["targetGroups"] == ["attention", "experts"]
+    # the merged entry: the folder, its size, and the MTP layers it kept (the flagship's tiny base has one)
+    merged_files = [item for item in manifest["artifacts"] if item["format"] == "merged"]
+    assert manifest["merged"] == {
+        "path": "merged",
+        "uri": f"file://{out}/merged",
+        "sizeBytes": sum(item["sizeBytes"] for item in merged_files),
+        "mtpLayers": 1 if arch == "glm4_moe" else 0,
+    }
     assert (
         adapter_manifest["architecture"]
         == json.loads((bf16_base / "config.json").read_text())["architectures"][0]
@@ -72,15 +81,17 @@ def test_adapter_and_merged_are_published_with_a_manifest(
     assert not (out / ".export-work").exists()
 
 
-def test_adapter_without_routed_experts_is_marked_loadable_by_vllm(
+def test_adapter_without_routed_experts_needs_no_3d_lora_format(
     bf16_base: Path, arch: str, tmp_path: Path
 ) -> None:
     adapter = make_adapter(bf16_base, tmp_path / "adapter", arch, experts=False)
     out = tmp_path / "out"
     export_after_training(_config(bf16_base, out, ["adapter"]), adapter, out)
     manifest = json.loads((out / "adapter" / "glmops-adapter.json").read_text())
-    assert manifest["vllmLoadable"] is True and manifest["targetGroups"] == ["attention"]
+    assert manifest["fusedExpertLora"] is False and manifest["targetGroups"] == ["attention"]
+    assert "--enable-mixed-moe-lora-format" not in manifest["vllmNote"]
     assert not (out / "merged").exists()
+    assert "merged" not in (read_manifest(out) or {})
 
 
 def test_export_cli_reports_a_bad_adapter_with_exit_code_2(bf16_base: Path, tmp_path: Path) -> None:

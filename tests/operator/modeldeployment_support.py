@@ -23,6 +23,54 @@ MERGE = "application/merge-patch+json"
 SHA = "c0ffee" * 10 + "abcd"
 
 
+def why_no_service_network(cluster: Any, operator: Any) -> str:
+    """Why Services cannot carry traffic to pods here ('' when they can)."""
+    nodes = client.CoreV1Api(cluster.api_client()).list_node(label_selector="glmops.io/simulated=true").items
+    addresses = {a.address for n in nodes for a in n.status.addresses or [] if a.type == "InternalIP"}
+    if not addresses or addresses <= {"127.0.0.1"}:
+        return "the local cluster's pods share the host's network (no pod IPs, no kube-proxy): Services carry no traffic"
+    if operator.extra_env.get("GLMOPS_SERVING_LISTEN_HOST") == "127.0.0.1":
+        return "the test operator makes servers listen on loopback (tests/operator/conftest.py), not on the pod's address"
+    return ""
+
+
+def create_bound_claim(cluster: Any, namespace: str, claim: str) -> str:
+    """A PersistentVolumeClaim bound at once to a PV made for it (the scheduler places no pod on an
+    unbound claim, and the local cluster has no provisioner); returns the PV's name, for deletion.
+
+    The node agent keeps the claim's files under its state folder (glmops_dev.agent.volumes.pvc_dir),
+    whatever the PV says.
+    """
+    volume = f"{namespace}-{claim}"[:253]
+    core = client.CoreV1Api(cluster.api_client())
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "hostPath": {"path": f"/unused/{claim}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            # Bound from the start (volumeName plus the PV controller's own mark), not after its resync.
+            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    return volume
+
+
 def custom(cluster: Any) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api_client())
 

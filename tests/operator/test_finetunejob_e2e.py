@@ -243,6 +243,7 @@ def test_flash_trains_then_exports_in_its_own_cpu_job_and_ignores_its_log(
     artifacts = status["artifacts"]
     assert artifacts["adapter"]["uri"] == f"file://{out}/adapter" and artifacts["merged"]["uri"] == f"file://{out}/merged"
     assert artifacts["manifest"] == f"file://{out}/artifacts.json"
+    assert artifacts["merged"]["mtpLayers"] == 0 and artifacts["merged"]["sizeBytes"] > 0  # the tiny Flash has no MTP layer
     assert [g["quantization"] for g in artifacts["gguf"]] == ["Q8_0"]
     gguf = Path(artifacts["gguf"][0]["uri"].removeprefix("file://"))
     assert gguf.is_file() and gguf.stat().st_size == artifacts["gguf"][0]["sizeBytes"]

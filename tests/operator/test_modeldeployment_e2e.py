@@ -31,24 +31,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 KEY = "e2e-key-123"
 
 
-def _why_no_service_network(cluster: Any, operator: Any) -> str:
-    """Why Services cannot carry traffic to pods here ('' when they can)."""
-    nodes = client.CoreV1Api(cluster.api_client()).list_node(label_selector="glmops.io/simulated=true").items
-    addresses = {a.address for n in nodes for a in n.status.addresses or [] if a.type == "InternalIP"}
-    if not addresses or addresses <= {"127.0.0.1"}:
-        return "the local cluster's pods share the host's network (no pod IPs, no kube-proxy): Services carry no traffic"
-    if operator.extra_env.get("GLMOPS_SERVING_LISTEN_HOST") == "127.0.0.1":
-        return "the test operator makes servers listen on loopback (tests/operator/conftest.py), not on the pod's address"
-    return ""
-
-
-@pytest.fixture
-def service_network(cluster: Any, glmops_operator: Any, node_agent: Any) -> None:
-    why = _why_no_service_network(cluster, glmops_operator)
-    if why:
-        pytest.skip(f"needs pod networking: {why}")
-
-
 @pytest.fixture(scope="module")
 def tiny_ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_tiny_ggufs(tmp_path_factory.mktemp("tiny-gguf"))

@@ -69,6 +69,8 @@ def test_a_served_deployment_gets_its_service_deployment_and_status(cluster: Any
 
     # the pod cannot be placed anywhere: the status says so, from the pod the scheduler refused
     wait_for("the unplaceable pod to be reported", lambda: condition(mdep(cluster, namespace, "coder"), "Degraded").get("reason") == "Unschedulable", 90, glmops_operator.log_tail)
+    # The pod's event can reach the operator before the Deployment controller has counted the pod.
+    wait_for("the replica to be counted", lambda: status().get("replicas") == 1, 60, glmops_operator.log_tail)
     current = status()
     assert current["endpoint"] == f"http://coder.{namespace}.svc:8000/v1"
     assert current["selector"] == "glmops.io/modeldeployment=coder" and current["servedModels"] == ["coder"]

@@ -99,3 +99,17 @@ def test_estimates_stand_in_for_sizes_the_trainer_did_not_report() -> None:
     assert 50 * GIB < flash.model_bytes < 70 * GIB  # ~30B parameters in bf16
     assert flagship.model_bytes > 600 * GIB
     assert flash.largest_shard_bytes == 5 * 10**9
+
+
+def test_the_export_reaches_an_s3_compatible_store_through_the_trainers_endpoint() -> None:
+    # Without the endpoint the export pod talks to AWS instead of the store the trainer wrote to.
+    spec = _spec(destination="s3://bucket/runs/payments-coder", credentialsSecret="store-keys", endpointUrl="http://minio.storage:9000")
+    facts = ClusterFacts(secrets=frozenset({"hf-token", "store-keys"}), pvcs=frozenset({"models", "datasets"}))
+    trainer = next(o for o in plan_finetune(META, spec, facts, SETTINGS).objects if o["kind"] == "Job")
+    job = plan_export_job(META, spec, trainer, ModelSizes(60 * GIB, 5 * GIB, GIB), SETTINGS)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    trainer_env = trainer["spec"]["template"]["spec"]["containers"][0]["env"]
+    endpoint = [e for e in env if e["name"].endswith("AWS_ENDPOINT_URL") and "value" in e]
+    assert [e["value"] for e in endpoint] == ["http://minio.storage:9000"] and endpoint[0] in trainer_env
+    secret_keys = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+    assert secret_keys == {"hf-token", "store-keys"}

@@ -9,7 +9,7 @@ import pytest
 from serving_support import META, SETTINGS, facts, flag, ftj, plan, spec
 
 from glmops.plan.serving import ARTIFACT_ANNOTATION
-from glmops.plan.serving_download import HubModel, cache_names, download_state, parse_hub_uri
+from glmops.plan.serving_download import HubModel, cache_names, download_state, parse_hub_uri, plan_download
 
 GGUF = "hf://unsloth/GLM-4.7-Flash-GGUF@main/GLM-4.7-Flash-Q4_K_M.gguf"
 HUB = spec(source={"fineTuneJob": None, "uri": GGUF, "variant": "flash"})
@@ -22,15 +22,39 @@ HUB = spec(source={"fineTuneJob": None, "uri": GGUF, "variant": "flash"})
         ("hf://zai-org/GLM-4.7@v1.0", HubModel("zai-org/GLM-4.7", "v1.0")),
         (GGUF, HubModel("unsloth/GLM-4.7-Flash-GGUF", "main", "GLM-4.7-Flash-Q4_K_M.gguf")),
         ("hf://unsloth/GLM-4.7-GGUF/Q3_K_M/GLM-4.7-Q3_K_M-00001-of-00004.gguf", HubModel("unsloth/GLM-4.7-GGUF", None, "Q3_K_M/GLM-4.7-Q3_K_M-00001-of-00004.gguf")),
+        # The Hub's forms of revisions with '/': a branch percent-encoded, a special ref as it is.
+        ("hf://org/GGUF@release%2F2026-01/m-Q8_0.gguf", HubModel("org/GGUF", "release/2026-01", "m-Q8_0.gguf")),
+        ("hf://org/GGUF@refs/pr/12/m-Q8_0.gguf", HubModel("org/GGUF", "refs/pr/12", "m-Q8_0.gguf")),
+        ("hf://models/zai-org/GLM-4.7", HubModel("zai-org/GLM-4.7")),
     ],
 )
 def test_hub_uris_name_a_repository_revision_and_file(uri: str, parsed: HubModel) -> None:
     assert parse_hub_uri(uri) == parsed
 
 
-@pytest.mark.parametrize("uri", ["hf://GLM-4.7", "hf://org/name@bad/../etc/passwd", "hf://-org/name", "hf://org/name@a b"])
-def test_malformed_hub_uris_say_what_is_wrong(uri: str) -> None:
-    assert isinstance(parse_hub_uri(uri), str)
+@pytest.mark.parametrize(
+    ("uri", "hint"),
+    [
+        ("hf://GLM-4.7", "names no repository"),
+        ("hf://org/name@bad/../etc/passwd", "'..'"),
+        ("hf://-org/name", "not a Hub repository id"),
+        ("hf://org/name@a b", "revision 'a b'"),
+        ("hf://org/GGUF/m-Q8_0.gguf@v2", "revision goes right after the name"),
+        ("hf://datasets/org/traces", "a model is"),
+    ],
+)
+def test_malformed_hub_uris_say_what_is_wrong(uri: str, hint: str) -> None:
+    problem = parse_hub_uri(uri)
+    assert isinstance(problem, str) and problem.startswith("spec.source.uri: ") and hint in problem, problem
+
+
+def test_the_download_asks_for_the_decoded_revision() -> None:
+    hub = parse_hub_uri("hf://org/GGUF@release%2F2026-01/m-Q8_0.gguf")
+    assert isinstance(hub, HubModel)
+    download = plan_download("coder", "ml", "uid", "hf://org/GGUF@release%2F2026-01/m-Q8_0.gguf", hub, 1e9, None, SETTINGS)
+    command = download.objects[1]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["hf", "download", "org/GGUF", "m-Q8_0.gguf"]
+    assert command[command.index("--revision") + 1] == "release/2026-01"
 
 
 def test_a_hub_model_is_downloaded_once_and_waited_for() -> None:
@@ -106,7 +130,9 @@ def test_an_adapter_trained_from_the_hub_serves_on_a_downloaded_base() -> None:
     ready = plan(md, facts(ftj(base=base), downloads={job: "succeeded"}))
     args = {o["kind"]: o for o in ready.objects}["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert flag(args, "--model") == f"/mnt/pvc/{claim}/model"
-    assert flag(args, "--lora-modules") == "coder=/mnt/pvc/models/coder/adapter"
+    assert json.loads(flag(args, "--lora-modules")) == {
+        "name": "coder", "path": "/mnt/pvc/models/coder/adapter", "base_model_name": "coder-base", "is_3d_lora_weight": True,
+    }  # fmt: skip
 
 
 def test_download_state_reads_the_job() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from serving_support import META, SHA, container, facts, flag, ftj, objects, plan, spec
+from serving_support import META, SETTINGS, SHA, container, facts, flag, ftj, objects, plan, spec
 
 from glmops.api.modeldeployment import ModelDeploymentSpec
 from glmops.plan.serving import (
@@ -100,14 +100,87 @@ def test_vllm_gets_shared_memory_sized_for_tensor_parallelism() -> None:
     assert not [v for v in llama["volumes"] if v["name"] == "dshm"]
 
 
-def test_mtp_speculative_decoding_drafts_one_token() -> None:
-    args = container(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75))["args"]
+def _mtp_job(mtp_layers: int | None, name: str = "coder", size_bytes: int | None = 706_000_000_000) -> dict[str, Any]:
+    """A Succeeded flagship job whose merged artifact recorded `mtp_layers` (None: not recorded)."""
+    merged: dict[str, Any] = {"uri": f"pvc://models/{name}/merged"}
+    if mtp_layers is not None:
+        merged["mtpLayers"] = mtp_layers
+    if size_bytes is not None:
+        merged["sizeBytes"] = size_bytes
+    return ftj(name, variant="flagship", base="pvc://models/glm-4.7", formats=("merged",), artifacts={"merged": merged})
+
+
+VLLM_MERGED = {"runtime": "vllm", "gpuMemoryGiB": 140, "contextLength": 8192}
+
+
+def test_mtp_is_on_by_default_when_the_merged_checkpoint_recorded_its_mtp_layer() -> None:
+    result = plan(spec(**VLLM_MERGED), facts(_mtp_job(1)))
+    expected = (
+        "MTP speculative decoding on: FineTuneJob coder's merged checkpoint kept 1 MTP layer(s) (set "
+        "speculativeDecoding: none to turn it off)"
+    )
+    assert result.mtp and [n for n in result.notes if "MTP" in n] == [expected]
+    args = {o["kind"]: o for o in result.objects}["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert json.loads(flag(args, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
-    # the export does not record whether the MTP layer was kept: the Resolved message says so
-    assert any("MTP layer" in note for note in plan(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75)).notes)
-    mtp = plan(spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75)).memory
+
+
+def test_mtp_stays_off_without_a_recorded_mtp_layer_or_when_turned_off() -> None:
+    for job, fields in (
+        (_mtp_job(0), {}),  # the base had none
+        (_mtp_job(None), {}),  # an export that did not record it
+        (_mtp_job(1), {"speculativeDecoding": "none"}),  # turned off
+    ):
+        result = plan(spec(**VLLM_MERGED, **fields), facts(job))
+        args = {o["kind"]: o for o in result.objects}["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert not result.mtp and "--speculative-config" not in args, (job["status"]["artifacts"], fields)
+        assert not [n for n in result.notes if "MTP" in n]
+    # llama.cpp has no MTP here, whatever the job recorded
+    assert not plan(spec(), facts(ftj())).mtp
+
+
+def test_mtp_asked_for_a_checkpoint_recorded_without_it_is_refused() -> None:
+    result = plan(spec(**VLLM_MERGED, speculativeDecoding="mtp"), facts(_mtp_job(0)))
+    assert [(p.reason, p.field) for p in result.problems] == [("MtpLayerMissing", "spec.speculativeDecoding")]
+    assert "mtpLayers: 0" in result.problems[0].message and not result.objects
+
+
+def test_mtp_asked_without_a_record_is_allowed_with_a_warning() -> None:
+    md = spec(runtime="vllm", speculativeDecoding="mtp", gpuMemoryGiB=75)
+    args = container(md)["args"]
+    assert json.loads(flag(args, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
+    assert any("nothing records whether" in note for note in plan(md).notes)
+    mtp = plan(md).memory
     plain = plan(spec(runtime="vllm", gpuMemoryGiB=75)).memory
     assert mtp is not None and plain is not None and mtp.weights_gib > plain.weights_gib  # the MTP layer is loaded
+
+
+def test_a_recorded_merged_size_sizes_the_replica() -> None:
+    # The export records what it wrote: a small checkpoint needs one GPU, not the bf16 flagship's eight.
+    small = plan(spec(**VLLM_MERGED), facts(_mtp_job(1, size_bytes=300_000_000)))
+    assert small.memory is not None and small.placement is not None
+    assert small.memory.weights_from == "the merged checkpoint's recorded size"
+    assert round(small.memory.weights_gib * 2**30) == 300_000_000 and small.placement.gpus == 1
+    unknown = plan(spec(**VLLM_MERGED), facts(_mtp_job(1, size_bytes=None)))
+    assert unknown.memory is not None and unknown.placement is not None
+    assert unknown.memory.weights_from == "bf16 weights with the MTP layer" and unknown.placement.gpus == 8
+
+
+def test_vllm_startup_probe_waits_for_the_whole_load_of_the_recorded_checkpoint() -> None:
+    # vLLM binds its port only once the model is loaded: the startup probe sees refused connections
+    # for the whole load, so its budget must cover reading every byte plus vLLM's own start-up.
+    result = plan(spec(**VLLM_MERGED), facts(_mtp_job(1, size_bytes=706_000_000_000)))
+    deployment = {o["kind"]: o for o in result.objects}["Deployment"]
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    budget = server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"]
+    read_s = 706_000_000_000 / (SETTINGS.model_read_mib_per_second * 2**20)
+    assert read_s + SETTINGS.vllm_startup_seconds <= budget <= read_s + SETTINGS.vllm_startup_seconds + 10
+    assert server["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert deployment["spec"]["progressDeadlineSeconds"] > budget  # the rollout is not called stuck mid-load
+
+
+def test_vllm_pods_send_no_usage_reports() -> None:
+    env = {e["name"]: e.get("value") for e in container(spec(runtime="vllm", gpuMemoryGiB=75))["env"]}
+    assert (env["VLLM_NO_USAGE_STATS"], env["DO_NOT_TRACK"], env["HF_HUB_OFFLINE"]) == ("1", "1", "1")
 
 
 def test_adapters_of_several_jobs_are_lora_modules_on_one_base() -> None:
@@ -121,13 +194,21 @@ def test_adapters_of_several_jobs_are_lora_modules_on_one_base() -> None:
     args = container(md, facts(*jobs))["args"]
     assert flag(args, "--model") == "/mnt/pvc/models/glm-4.7-flash" and flag(args, "--served-model-name") == "coder-base"
     start = args.index("--lora-modules") + 1
-    assert args[start : start + 3] == [
-        "coder=/mnt/pvc/models/coder/adapter",
-        "team-b=/mnt/pvc/models/b/adapter",
-        "team-c=/mnt/pvc/models/c/adapter",
+    # coder trained the routed experts (flash's default targets): peft's fused 3-D expert tensors
+    assert [json.loads(entry) for entry in args[start : start + 3]] == [
+        {"name": "coder", "path": "/mnt/pvc/models/coder/adapter", "base_model_name": "coder-base", "is_3d_lora_weight": True},
+        {"name": "team-b", "path": "/mnt/pvc/models/b/adapter", "base_model_name": "coder-base"},
+        {"name": "team-c", "path": "/mnt/pvc/models/c/adapter", "base_model_name": "coder-base"},
     ]
-    assert "--enable-lora" in args and flag(args, "--max-loras") == "3"
-    assert flag(args, "--max-lora-rank") == "32"  # coder's routed-expert LoRA: 2 x 16
+    assert "--enable-lora" in args and "--enable-mixed-moe-lora-format" in args and flag(args, "--max-loras") == "3"
+    assert flag(args, "--max-lora-rank") == "16"  # the largest rank, routed experts included
+
+
+def test_adapters_without_routed_experts_need_no_mixed_moe_format() -> None:
+    md = spec(runtime="vllm", source={"artifact": "adapter"}, gpuMemoryGiB=75)
+    args = container(md, facts(ftj(targets=["attention", "shared_experts"])))["args"]
+    assert "--enable-lora" in args and "--enable-mixed-moe-lora-format" not in args
+    assert "is_3d_lora_weight" not in flag(args, "--lora-modules")
 
 
 def test_max_lora_rank_takes_the_next_value_vllm_accepts() -> None:
@@ -138,12 +219,6 @@ def test_max_lora_rank_takes_the_next_value_vllm_accepts() -> None:
     assert vllm_lora_rank([adapter(17), adapter(4)]) == 32
     assert vllm_lora_rank([adapter(300)]) == 320
     assert vllm_lora_rank([adapter(1024)]) is None
-
-
-def test_a_rank_beyond_vllms_limit_is_refused() -> None:
-    jobs = [ftj(rank=512)]  # routed experts: stored at 1024
-    result = plan(spec(runtime="vllm", source={"artifact": "adapter"}, gpuMemoryGiB=75), facts(*jobs))
-    assert [p.field for p in result.problems] == ["spec.adapters"] and "512" in result.problems[0].message
 
 
 @pytest.mark.parametrize(
@@ -165,6 +240,7 @@ def test_a_rank_beyond_vllms_limit_is_refused() -> None:
         ("--spec-method", "vllm", "--spec-method"),  # a shorthand of --speculative-config
         ("--device-memory-utilization=0.5", "vllm", "--device-memory-utilization"),
         ("--no-enable-lora", "vllm", "--no-enable-lora"),
+        ("--enable-mixed-moe-lora-format", "vllm", "--enable-mixed-moe-lora-format"),  # set with 3-D adapters
         ("--served-model-name=x", "vllm", "--served-model-name"),
         ("--config", "vllm", "--config"),
         ("--enable-prefix-caching", "vllm", None),

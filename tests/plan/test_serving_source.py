@@ -171,8 +171,10 @@ def test_adapters_of_several_jobs_share_one_base() -> None:
     )
     model = resolve_source(md, "ml", jobs).model
     assert model is not None and model.model_name == "coder"
-    # routed-expert LoRA (flash's default targets) is stored with twice the rank
-    assert [(a.name, a.rank) for a in model.adapters] == [("team-coder", 32), ("team-b", 16), ("team-c", 64)]
+    # the trainer's adapters keep one rank everywhere, routed experts included (no peft rank_pattern)
+    assert [(a.name, a.rank, a.fused_experts) for a in model.adapters] == [
+        ("team-coder", 16, True), ("team-b", 16, False), ("team-c", 64, False),
+    ]  # fmt: skip
 
 
 def test_an_adapter_trained_from_the_hub_may_be_served_on_a_local_copy_with_a_note() -> None:

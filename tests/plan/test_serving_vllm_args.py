@@ -29,7 +29,8 @@ for argv in json.load(sys.stdin):
     out.append({"model": a.model, "served": a.served_model_name, "host": a.host, "port": a.port,
                 "tp": a.tensor_parallel_size, "max_model_len": a.max_model_len, "max_num_seqs": a.max_num_seqs,
                 "enable_lora": a.enable_lora, "max_lora_rank": a.max_lora_rank, "max_loras": a.max_loras,
-                "lora": [[m.name, m.path] for m in a.lora_modules or []], "spec": a.speculative_config,
+                "lora": [[m.name, m.path, m.base_model_name, m.is_3d_lora_weight] for m in a.lora_modules or []],
+                "mixed_moe_lora": a.enable_mixed_moe_lora_format, "spec": a.speculative_config,
                 "tool_parser": a.tool_call_parser, "reasoning_parser": a.reasoning_parser,
                 "auto_tools": a.enable_auto_tool_choice, "api_key": a.api_key, "ep": a.enable_expert_parallel})
 print(json.dumps(out))
@@ -55,7 +56,12 @@ def _parse(argvs: list[list[str]]) -> list[dict[str, Any]]:
 
 
 def test_vllm_understands_every_flag_glmops_writes() -> None:
-    merged = container(spec(runtime="vllm", gpuMemoryGiB=75, gpusPerReplica=2, speculativeDecoding="mtp", extraArgs=["--enable-prefix-caching"]))
+    # the job's merged checkpoint kept its MTP layer: MTP is on without asking
+    mtp_job = ftj(artifacts={"merged": {"uri": "pvc://models/coder/merged", "sizeBytes": 60_000_000_000, "mtpLayers": 1}})
+    merged = container(
+        spec(runtime="vllm", gpuMemoryGiB=75, gpusPerReplica=2, extraArgs=["--enable-prefix-caching"]), facts(mtp_job)
+    )
+    # coder trained the routed experts (peft's fused 3-D tensors), b only attention
     adapters = container(
         spec(runtime="vllm", source={"artifact": "adapter"}, adapters=[{"fineTuneJob": "b", "servedModelName": "team-b"}], gpuMemoryGiB=75),
         facts(ftj(), ftj("b", targets=["attention"])),
@@ -67,6 +73,11 @@ def test_vllm_understands_every_flag_glmops_writes() -> None:
     assert first["spec"] == {"method": "mtp", "num_speculative_tokens": 1}
     assert (first["tool_parser"], first["reasoning_parser"], first["auto_tools"]) == ("glm47", "glm45", True)
     assert first["api_key"] is None and first["ep"] is False  # the key comes from VLLM_API_KEY; no expert parallelism
+    assert first["enable_lora"] is None and first["mixed_moe_lora"] is False
     assert second["enable_lora"] is True and second["served"] == ["coder-base"]
-    assert second["lora"] == [["coder", "/mnt/pvc/models/coder/adapter"], ["team-b", "/mnt/pvc/models/b/adapter"]]
-    assert (second["max_lora_rank"], second["max_loras"]) == (32, 2)
+    assert second["lora"] == [
+        ["coder", "/mnt/pvc/models/coder/adapter", "coder-base", True],
+        ["team-b", "/mnt/pvc/models/b/adapter", "coder-base", False],
+    ]
+    assert second["mixed_moe_lora"] is True  # the 2-D expert wrapper that also takes 3-D adapters
+    assert (second["max_lora_rank"], second["max_loras"]) == (16, 2)

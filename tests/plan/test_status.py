@@ -38,6 +38,8 @@ def _obs(trainer: JobObservation, **kwargs: object) -> Observation:
         (JobObservation(waiting_reason="ContainerCreating"), None, Phase.pending, "Pending"),
         (JobObservation(suspended=True), None, Phase.pending, "Pending"),
         (JobObservation(pod_phase="Running"), None, Phase.training, "Training"),
+        # The pod ended well before the Job controller marked the Job Complete: no step back to Pending.
+        (JobObservation(pod_phase="Succeeded", result=TRAINED), None, Phase.training, "Training"),
         (JobObservation(succeeded=True, result=TRAINED), None, Phase.exporting, "Exporting"),
         (JobObservation(succeeded=True), JobObservation(pod_phase="Running"), Phase.exporting, "Exporting"),
         (JobObservation(succeeded=True), JobObservation(succeeded=True), Phase.succeeded, "Completed"),

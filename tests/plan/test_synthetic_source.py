@@ -10,7 +10,14 @@ import pytest
 from glmops.api.finetunejob import FineTuneJobSpec
 from glmops.conditions import Reason
 from glmops.contract.config import TrainerConfig
-from glmops.contract.uris import UriError, dataset_pattern, parse_uri, synthetic_name
+from glmops.contract.uris import (
+    UriError,
+    UriRole,
+    finetune_dataset_pattern,
+    parse_uri,
+    pattern,
+    synthetic_name,
+)
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.finetune import SPEC_SECTIONS_ANNOTATION, ClusterFacts, JobMeta, plan_finetune
 from glmops.plan.synthetic_source import resolve_dataset_source
@@ -27,13 +34,27 @@ def _dataset(phase: str, **status: Any) -> dict[str, Any]:
 def test_the_uri_grammar_has_a_synthetic_scheme_for_datasets_only() -> None:
     assert synthetic_name("synthetic://payments-synth") == "payments-synth"
     assert synthetic_name("pvc://payments-synth/x.jsonl") is None
-    assert re.fullmatch(dataset_pattern(), "synthetic://payments-synth")
+    assert synthetic_name("synthetic://a/b.jsonl") is None
+    assert re.fullmatch(finetune_dataset_pattern(), "synthetic://payments-synth")
+    assert re.fullmatch(finetune_dataset_pattern(), "pvc://datasets/a.jsonl")
     for wrong in ("synthetic://Payments", "synthetic://a/b.jsonl", "synthetic://"):
-        assert not re.fullmatch(dataset_pattern(), wrong), wrong
-    with pytest.raises(UriError, match="write synthetic://NAME"):
-        parse_uri("synthetic://a/b", "spec.dataset.source", ("synthetic",))
-    with pytest.raises(UriError, match="not supported here"):
-        parse_uri("synthetic://a", "spec.model.source")  # a model is never synthetic
+        assert not re.fullmatch(finetune_dataset_pattern(), wrong), wrong
+    # Only the FineTuneJob's dataset.source field knows it: no storage role, so the trainer never sees one.
+    assert not re.fullmatch(pattern(UriRole.dataset), "synthetic://payments-synth")
+    for role in UriRole:
+        with pytest.raises(UriError, match="not supported here"):
+            parse_uri("synthetic://a", "spec.model.source", role)
+
+
+def test_a_synthetic_datasets_files_live_on_claims_or_node_paths() -> None:
+    files = pattern(UriRole.dataset, ("pvc", "file"))
+    assert re.fullmatch(files, "pvc://datasets/p.jsonl") and re.fullmatch(files, "file:///data/p.jsonl")
+    for wrong in ("s3://bucket/p.jsonl", "hf://datasets/org/name/p.jsonl", "pvc://datasets/folder/"):
+        assert not re.fullmatch(files, wrong), wrong
+    with pytest.raises(UriError, match="scheme 's3' is not supported here"):
+        parse_uri("s3://bucket/p.jsonl", "spec.output", UriRole.dataset, ("pvc", "file"))
+    with pytest.raises(ValueError, match="not a subset"):
+        pattern(UriRole.output, ("hf",))
 
 
 def test_other_sources_pass_through() -> None:

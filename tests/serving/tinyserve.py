@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -261,6 +262,20 @@ def teach_tiny_model(
     if not _learned(merged, taught):
         raise AssertionError(f"the merged {arch} model does not reproduce the lessons its adapter learned")
     return TaughtModel(arch, tokenizer_dir, base_dir, adapter_dir, merged_dir, rank)
+
+
+_TAUGHT: dict[str, TaughtModel] = {}
+
+
+def taught_once(arch: Arch, make_root: Callable[[], Path]) -> TaughtModel:
+    """`teach_tiny_model(make_root(), arch)` once per test session (process), whichever test asks first.
+
+    The serving tests (tests/serving) and the operator's vLLM end-to-end test (tests/operator)
+    share the model: teaching it takes minutes on a small CPU.
+    """
+    if arch not in _TAUGHT:
+        _TAUGHT[arch] = teach_tiny_model(make_root(), arch)
+    return _TAUGHT[arch]
 
 
 def _learned(model: Any, taught: list[Lesson]) -> bool:

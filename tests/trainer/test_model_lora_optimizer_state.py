@@ -56,6 +56,6 @@ def test_lora_term_equals_the_adamw_state_of_a_real_peft_model(arch: str, varian
     }
     replicated = plan_memory(**common, gpus=2, sharding="replicate")  # type: ignore[arg-type]
     assert replicated.breakdown_gib["lora_and_optimizer"] * GIB == pytest.approx(measured, rel=1e-12)
-    # Split over four GPUs, each holds the state of its own layers' adapters.
-    split = plan_memory(**common, gpus=4, sharding="split")  # type: ignore[arg-type]
-    assert split.breakdown_gib["lora_and_optimizer"] * GIB == pytest.approx(measured / 4, rel=1e-12)
+    # Sharded over four GPUs with FSDP2, each holds a quarter of every adapter and its state.
+    sharded = plan_memory(**common, gpus=4, sharding="fsdp")  # type: ignore[arg-type]
+    assert sharded.breakdown_gib["lora_and_optimizer"] * GIB == pytest.approx(measured / 4, rel=1e-12)

@@ -1,8 +1,9 @@
 """The 4-bit storage of routed experts, byte for byte, and the memory plan's constant for it.
 
-`NF4Experts` keeps per weight (E, O, I): two NF4 codes per byte, one 8-bit absmax per block of
-64 values inside one expert, one fp32 scale per 256 absmax values (padded to whole blocks), one
-fp32 offset per expert. The memory plan counts `NF4_BYTES_PER_PARAM` per parameter plus the
+`NF4Experts` keeps per weight (E, O, I) one uint8 parameter of E rows (FSDP2 shards it along
+the experts), each row one expert's: two NF4 codes per byte, one 8-bit absmax per block of 64
+values inside the expert, one fp32 scale per 256 absmax values (padded to whole blocks), one fp32
+offset. The memory plan counts `NF4_BYTES_PER_PARAM` per parameter plus the
 offsets; for the real GLM-4.7 shapes the two must agree exactly, so changing the format on
 either side fails here.
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from glmops.plan.memory import FLAGSHIP, FLASH, NF4_BYTES_PER_PARAM, ModelDims, plan_memory
-from glmops_trainer.model.experts4bit import ABSMAX_BLOCKSIZE, NF4_BLOCKSIZE, NF4Experts
+from glmops_trainer.model.experts4bit import ABSMAX_BLOCKSIZE, NF4_BLOCKSIZE, ExpertRowLayout, NF4Experts
 
 
 def _stack(experts: int, rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -35,11 +36,16 @@ def _quantized(name: str, dense: torch.Tensor) -> NF4Experts:
 
 
 def _storage(module: NF4Experts, name: str) -> dict[str, torch.Tensor]:
+    """The sections of the packed rows of weight `name`, each (E, ...), read by its byte offsets."""
+    packed = getattr(module, name)
+    experts = packed.shape[0]
+    layout = ExpertRowLayout(*module.shapes[name][1:])
+    assert packed.dtype == torch.uint8 and tuple(packed.shape) == (experts, layout.row_bytes)
     return {
-        "codes": getattr(module, name),
-        "absmax": getattr(module, f"{name}_absmax"),
-        "absmax_scale": getattr(module, f"{name}_absmax_scale"),
-        "absmax_offset": getattr(module, f"{name}_absmax_offset"),
+        "codes": packed[:, : layout.absmax_at],
+        "absmax": packed[:, layout.absmax_at : layout.scale_at],
+        "absmax_scale": packed[:, layout.scale_at : layout.offset_at].contiguous().view(torch.float32),
+        "absmax_offset": packed[:, layout.offset_at :].contiguous().view(torch.float32).reshape(experts),
     }
 
 
@@ -90,7 +96,7 @@ def test_codes_are_bitsandbytes_nf4_of_each_expert() -> None:
     for expert in range(experts):
         # Same codes as bitsandbytes' own NF4 of that expert alone: blocks never straddle experts.
         codes, _ = bnbf.quantize_4bit(dense[expert].contiguous(), blocksize=NF4_BLOCKSIZE, quant_type="nf4", compress_statistics=False)
-        stored = module.down_proj[expert]
+        stored = _storage(module, "down_proj")["codes"][expert]
         agree = (stored == codes.reshape(-1)).float().mean().item()
         assert agree > 0.98  # the rest differ by one NF4 level, from the 8-bit absmax
         error = (module.dequantize_expert("down_proj", expert) - dense[expert]).norm() / dense[expert].norm()

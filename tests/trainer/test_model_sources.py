@@ -31,6 +31,10 @@ def _model_dir(path: Path) -> Path:
         ("pvc://models", ModelSource("pvc", "models")),
         ("hf://zai-org/GLM-4.7-Flash", ModelSource("hf", "zai-org/GLM-4.7-Flash")),
         ("hf://zai-org/GLM-4.7@3f1c2a9", ModelSource("hf", "zai-org/GLM-4.7", "3f1c2a9")),
+        ("hf://models/zai-org/GLM-4.7", ModelSource("hf", "zai-org/GLM-4.7")),
+        # The Hub's order: revision after the name, then a folder of the repository.
+        ("hf://org/checkpoints@feature%2Fsft/step-400/", ModelSource("hf", "org/checkpoints", "feature/sft", "step-400")),
+        ("hf://org/checkpoints@refs/pr/7/step-400", ModelSource("hf", "org/checkpoints", "refs/pr/7", "step-400")),
         ("s3://my-bucket/models/glm/", ModelSource("s3", "my-bucket/models/glm")),
     ],
 )
@@ -47,6 +51,8 @@ def test_parse(uri: str, expected: ModelSource) -> None:
         ("pvc://models/../etc", "'..'"),
         ("hf://GLM-4.7", "ORG/NAME"),
         ("hf://zai-org/GLM-4.7@", "empty revision"),
+        ("hf://zai-org/GLM-4.7/step-400@v1", "revision goes right after the name"),
+        ("hf://datasets/zai-org/agent-traces", "a model is hf://ORG/NAME"),
         ("s3://B/key", "bucket"),
         ("gs://bucket/key", "not supported"),
     ],
@@ -110,6 +116,28 @@ def test_hf_download_passes_repo_revision_and_token(tmp_path: Path, monkeypatch:
     assert seen["repo_id"] == "zai-org/GLM-4.7-Flash"
     assert seen["revision"] == "v1"
     assert seen["token"] == "hf_secret_value"
+
+
+def test_an_hf_folder_is_downloaded_alone_and_is_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    seen: dict[str, object] = {}
+
+    def fake_snapshot_download(**kwargs: object) -> str:
+        seen.update(kwargs)
+        root = tmp_path / "snapshot"
+        _model_dir(root / "runs" / "step-400")
+        return str(root)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    found = resolve_model_source(
+        "hf://org/checkpoints@feature%2Fsft/runs/step-400", pvc_mount_root=tmp_path, cache_dir=tmp_path / "cache"
+    )
+    assert found == tmp_path / "snapshot" / "runs" / "step-400"
+    assert (seen["repo_id"], seen["revision"]) == ("org/checkpoints", "feature/sft")
+    patterns = seen["allow_patterns"]
+    assert isinstance(patterns, list) and "runs/step-400/*.safetensors" in patterns
+    assert all(p.startswith("runs/step-400/") for p in patterns)
 
 
 def test_hf_errors_never_echo_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,7 +157,7 @@ def _run_export(args: argparse.Namespace) -> int:
     try:
         config = TrainerConfig.from_file(args.config)
         result_file = Path(config.runtime.result_file)
-        with staged(config) as run:
+        with staged(config, dataset=False) as run:
             local = run.config
             out = local_location(local.output.destination, local.runtime.pvc_mount_root, "output.destination")
             manifest = run_export(local, args.adapter)

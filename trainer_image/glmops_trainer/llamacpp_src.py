@@ -43,8 +43,12 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "glmops"
 
 
-def llama_cpp_source_dir() -> Path:
-    """Return the llama.cpp tree (holding convert_hf_to_gguf.py, gguf-py/, models/templates/), fetching it once."""
+def llama_cpp_source_dir(fetch: bool = True) -> Path:
+    """Return the llama.cpp tree (holding convert_hf_to_gguf.py, gguf-py/, models/templates/), fetching it once.
+
+    With `fetch=False` (what the export in a pod uses) a missing tree is an error that says how
+    to provide one: a trainer pod never downloads llama.cpp at run time.
+    """
     configured = os.environ.get(SOURCE_ENV)
     if configured:
         tree = Path(configured)
@@ -53,6 +57,12 @@ def llama_cpp_source_dir() -> Path:
     unpacked = cache_root() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
     tree = unpacked / "vendor" / "llama.cpp"
     if not (unpacked / _STAMP).is_file():
+        if not fetch:
+            raise LlamaCppSourceError(
+                f"llama.cpp's GGUF converter is not installed: ${SOURCE_ENV} is unset and {unpacked} holds no "
+                "complete tree. The trainer image bakes it in (/opt/llama.cpp); elsewhere run "
+                "`bash scripts/build-llama-cpp.sh` once, or set $GLMOPS_LLAMA_CPP_SRC to an unpacked llama.cpp tree"
+            )
         _download_and_unpack(unpacked)
     _check_tree(tree, str(unpacked))
     return tree

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glmops.contract.uris import UriError, parse_uri, pod_path
+from glmops.contract.uris import UriError, pod_path
 
 MODEL_CACHE_DIR = ".model-cache"
 """Under the output folder: hf:// and s3:// models are fetched here, so a restarted pod finds them again."""
@@ -23,13 +23,12 @@ class LocationError(ValueError):
 def local_location(uri: str, pvc_mount_root: str, field: str) -> Path:
     """The pod-local path of a file:// or pvc:// URI; other schemes raise LocationError naming `field`."""
     try:
-        parsed = parse_uri(uri, field, ("file", "pvc", "hf", "s3"))
+        local = pod_path(uri, pvc_mount_root)
     except UriError as exc:
-        raise LocationError(str(exc)) from None
-    local = pod_path(uri, pvc_mount_root)
+        raise LocationError(f"{field}: {exc}") from None
     if local is None:
         raise LocationError(
             f"{field}: {uri!r}: only file:// and pvc:// are supported here; copy the data to a PVC and use "
-            f"pvc://CLAIM/PATH ({parsed.scheme}:// is not)"
+            f"pvc://CLAIM/PATH ({uri.partition('://')[0]}:// is not)"
         )
     return Path(local)

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +34,7 @@ from glmops.contract.records import (
     fit_result,
     render_metrics,
 )
+from glmops.losscurve import LossHistory, read_loss_history
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ TrainResult = ResultRecord
 
 __all__ = [
     "RESULT_LIMIT_BYTES",
+    "LossHistory",
     "MetricsServer",
     "ProgressCallback",
     "ProgressEvent",
@@ -175,33 +176,6 @@ class ProgressReporter:
         stream.write(format_progress_line(event) + "\n")
         stream.flush()
         return True
-
-
-@dataclass(frozen=True)
-class LossHistory:
-    """Train and eval loss per step, as recorded in `progress.jsonl`."""
-
-    train: list[tuple[int, float]]
-    eval: list[tuple[int, float]]
-
-
-def read_loss_history(history_file: Path) -> LossHistory:
-    """Loss points of `progress.jsonl`; a step recorded twice (redone after a resume) keeps its last value."""
-    train: dict[int, float] = {}
-    evals: dict[int, float] = {}
-    if history_file.is_file():
-        for line in history_file.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if not isinstance(event, dict) or not isinstance(event.get("step"), int):
-                continue
-            if event.get("kind") == "train" and isinstance(event.get("loss"), (int, float)):
-                train[event["step"]] = float(event["loss"])
-            elif event.get("kind") == "eval" and isinstance(event.get("evalLoss"), (int, float)):
-                evals[event["step"]] = float(event["evalLoss"])
-    return LossHistory(sorted(train.items()), sorted(evals.items()))
 
 
 class ProgressCallback(TrainerCallback):

@@ -148,17 +148,14 @@ def _uploadable(relative: str) -> bool:
 
 def fetch_dataset(uri: str, root: Path, hf_token_env: str = "HF_TOKEN") -> Path:
     """The local copy of an s3:// or hf:// dataset file, downloaded once per pod."""
-    location = parse_remote(uri, DATASET_FIELD)
+    location = parse_remote(uri, DATASET_FIELD, Role.dataset)
     folder = root / "dataset" / _slot(uri)
     with _locked(folder):
         if isinstance(location, HfLocation):
             return fetch_hf_file(
                 location, folder / "hf-cache", token=hf_token(Role.dataset, hf_token_env), field=DATASET_FIELD
             )
-        name = location.key.rsplit("/", 1)[-1]
-        if not name:
-            raise StorageError(f"{DATASET_FIELD}: {uri!r} names a bucket, not a file; write s3://BUCKET/PATH/FILE.jsonl")
-        destination = folder / name
+        destination = folder / location.key.rsplit("/", 1)[-1]  # the dataset role names a file
         if destination.is_file():
             return destination
         fs = s3_filesystem(s3_settings(Role.dataset), DATASET_FIELD)
@@ -384,9 +381,15 @@ class StagedRun:
 
 
 @contextlib.contextmanager
-def staged(config: TrainerConfig, root: Path | None = None, sync_interval_s: float | None = None) -> Iterator[StagedRun]:
-    """Stage `config`'s remote dataset and output (see the module docstring); yields the local run."""
-    remote_data = is_remote(config.data.source)
+def staged(
+    config: TrainerConfig, root: Path | None = None, sync_interval_s: float | None = None, *, dataset: bool = True
+) -> Iterator[StagedRun]:
+    """Stage `config`'s remote dataset and output (see the module docstring); yields the local run.
+
+    `dataset=False` leaves the dataset where it is: the export step never reads it, and a store
+    that is unreachable from the export pod must not fail an export that does not need it.
+    """
+    remote_data = dataset and is_remote(config.data.source)
     remote_output = config.output.destination.startswith("s3://")
     if not (remote_data or remote_output):
         yield StagedRun(config, config)
@@ -399,7 +402,7 @@ def staged(config: TrainerConfig, root: Path | None = None, sync_interval_s: flo
         data["source"] = f"file://{fetch_dataset(config.data.source, root, config.runtime.hf_token_env)}"
     s3_output: S3Output | None = None
     if remote_output:
-        location = parse_remote(config.output.destination, OUTPUT_FIELD)
+        location = parse_remote(config.output.destination, OUTPUT_FIELD, Role.output)
         assert isinstance(location, S3Location)
         mirror = root / "output" / _slot(config.output.destination)
         s3_output = S3Output(location, mirror)

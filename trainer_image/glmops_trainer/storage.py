@@ -1,7 +1,7 @@
 """Remote storage of the trainer: s3:// (AWS S3 and S3-compatible stores) and hf:// datasets.
 
-Every function takes a parsed location (`S3Location`, `HfLocation`), so it works with whichever
-URI parser produced it; `parse_remote` is a small one for the two remote schemes.
+Every function takes a parsed location (`S3Location`, `HfLocation`); `parse_remote` builds them
+from a URI with the grammar the operator and the CRDs use (glmops.contract.uris).
 
 Credentials are read from the environment, never from the config and never logged. The operator
 puts the keys of the Secret a FineTuneJob names for a location into the trainer pod's env under
@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from glmops.contract.uris import RepoType, UriError, UriRole, format_hf_uri, parse_uri
+
 log = logging.getLogger(__name__)
 
-S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-HF_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 PARTIAL_SUFFIX = ".glmops-partial"
 """Suffix of a download in progress; the final name appears by a rename once it is complete."""
 SHA256_METADATA = "sha256"
@@ -108,48 +106,37 @@ class S3Location:
 
 @dataclass(frozen=True)
 class HfLocation:
-    """One file of a Hugging Face Hub dataset repository: hf://datasets/ORG/NAME[@REVISION]/PATH."""
+    """A file or folder of a Hugging Face Hub repository: hf://[datasets/]ORG/NAME[@REVISION][/PATH]."""
 
     repo_id: str
     path_in_repo: str
     revision: str | None = None
-    repo_type: str = "dataset"
+    repo_type: RepoType = "dataset"
 
     @property
     def uri(self) -> str:
-        """The URI this location was parsed from."""
-        at = f"@{urllib.parse.quote(self.revision, safe='')}" if self.revision else ""
-        return f"hf://{self.repo_type}s/{self.repo_id}{at}/{self.path_in_repo}"
+        """The location as an hf:// URI, in the Hub's form (a revision with '/' percent-encoded)."""
+        return format_hf_uri(self.repo_id, self.path_in_repo, self.revision, self.repo_type)
 
 
 RemoteLocation = S3Location | HfLocation
 
 
-def parse_remote(uri: str, field: str) -> RemoteLocation:
-    """Parse an s3:// or hf:// URI, or raise StorageError naming `field` and the expected form."""
-    scheme, sep, rest = uri.partition("://")
-    if scheme == "s3" and sep:
-        bucket, _, key = rest.partition("/")
-        if not S3_BUCKET.match(bucket):
-            raise StorageError(f"{field}: {uri!r} has no valid bucket name; write s3://BUCKET/KEY")
-        if ".." in key.split("/"):
-            raise StorageError(f"{field}: {uri!r} may not contain '..'")
-        return S3Location(bucket, key.strip("/"))
-    if scheme == "hf" and sep:
-        parts = rest.split("/", 3)
-        form = "hf://datasets/ORG/NAME[@REVISION]/PATH/IN/REPO"
-        if len(parts) < 4 or parts[0] != "datasets" or not parts[3].strip("/"):
-            raise StorageError(f"{field}: {uri!r} does not name a file of a dataset repository; write {form}")
-        org, name_rev, path = parts[1], parts[2], parts[3].strip("/")
-        name, at, revision = name_rev.partition("@")
-        if not (HF_REPO_PART.match(org) and HF_REPO_PART.match(name)):
-            raise StorageError(f"{field}: {uri!r}: {org}/{name} is not a repository name; write {form}")
-        if at and not revision:
-            raise StorageError(f"{field}: {uri!r} has an empty revision after '@'; name a branch, tag or commit")
-        if ".." in path.split("/"):
-            raise StorageError(f"{field}: {uri!r} may not contain '..'")
-        return HfLocation(f"{org}/{name}", path, urllib.parse.unquote(revision) if revision else None)
-    raise StorageError(f"{field}: {uri!r} is not a remote location (s3:// or hf://)")
+def parse_remote(uri: str, field: str, role: Role) -> RemoteLocation:
+    """An s3:// or hf:// URI of `role`'s location, parsed by the shared grammar (glmops.contract.uris).
+
+    Raises StorageError naming `field`, what is wrong and the forms the role accepts.
+    """
+    if uri.partition("://")[0] not in ("s3", "hf"):
+        raise StorageError(f"{field}: {uri!r} is not a remote location (s3:// or hf://)")
+    try:
+        parsed = parse_uri(uri, field, UriRole(role.name))
+    except UriError as exc:
+        raise StorageError(str(exc)) from None
+    if parsed.scheme == "s3" and parsed.bucket is not None:
+        return S3Location(parsed.bucket, parsed.key)
+    assert parsed.repo_id is not None and parsed.repo_type is not None  # hf://, the only other scheme
+    return HfLocation(parsed.repo_id, parsed.key, parsed.revision, parsed.repo_type)
 
 
 def is_remote(uri: str) -> bool:

@@ -17,15 +17,20 @@ operator). Output layout under `output.destination`:
     merged/, gguf/, artifacts.json   from the export, afterwards
 
 Under torchrun every rank runs this same function; only rank 0 serves and writes progress,
-checkpoint markers, the plot and the result.
+checkpoint markers, the plot and the result. How the ranks share the model is
+`glmops.plan.memory.sharding_for` (the memory plan asks the same function): the flagship on
+several ranks is sharded with FSDP2 (`glmops_trainer.model.sharded`), everything else trains one
+replica per rank (DDP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TqdmCallback
 
 from glmops.contract.config import POD_IP_ENV
+from glmops.plan.memory import Sharding, sharding_for
 from glmops_trainer.checkpoints import (
     CheckpointMarkerCallback,
     find_resumable_checkpoint,
@@ -53,6 +59,13 @@ from glmops_trainer.config import TrainerConfig
 from glmops_trainer.data import DataValidationError, PreparedData, prepare_dataset
 from glmops_trainer.locations import ADAPTER_DIR, MODEL_CACHE_DIR, LocationError, local_location
 from glmops_trainer.model.load import ArchitectureError, load_base_model
+from glmops_trainer.model.sharded import load_sharded_model
+from glmops_trainer.model.sharded_state import (
+    load_sharded_adapter,
+    load_sharded_optimizer,
+    save_sharded_adapter,
+    save_sharded_optimizer,
+)
 from glmops_trainer.model.sources import ModelSourceError, parse_model_source, resolve_model_source
 from glmops_trainer.model.targets import LoraTargetError, apply_lora
 from glmops_trainer.packed_attention import register_packed_attention
@@ -183,12 +196,24 @@ class PackedTrainer(Trainer):
 
     Trainer's own counter uses the pad token id when there is no attention_mask, which miscounts
     packed rows whose samples end with the eos token that also serves as pad.
+
+    For a model sharded with FSDP2 at load time (`is_distributed_loading_by_transformers`, which
+    keeps Trainer from wrapping it in DDP) it also saves and restores the adapter and optimizer
+    through collectives that gather only the LoRA state, and on a GPU moves the checkpointed layer
+    inputs to host memory as they are saved (`offload_layer_inputs`, as the memory plan assumes).
     """
 
-    def __init__(self, *args: Any, pad_token_id: int | None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, pad_token_id: int | None, offload_layer_inputs: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._pad_token_id = pad_token_id
         self._pending_tokens: torch.Tensor | None = None
+        self._offload_layer_inputs = offload_layer_inputs
+
+    @property
+    def _sharded(self) -> bool:
+        return bool(getattr(self, "is_distributed_loading_by_transformers", False))
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -198,6 +223,10 @@ class PackedTrainer(Trainer):
         self._pending_tokens = count if self._pending_tokens is None else self._pending_tokens + count
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        with _saved_activations_on_host(self._offload_layer_inputs and model.training):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Every rank logs at the same steps, so the gather below is a matched collective.
         if self._pending_tokens is not None:
@@ -205,6 +234,69 @@ class PackedTrainer(Trainer):
             self.state.num_input_tokens_seen += int(total)
             self._pending_tokens = None
         super().log(logs, start_time)
+
+    # -- FSDP-sharded model: only the LoRA state is gathered, saved and restored --
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self) -> Iterator[None]:
+        # Trainer would skip the reduce-scatter until the last micro-batch of an accumulation window; every
+        # rank would then hold its LoRA gradients whole (12 GiB with LoRA on the flagship's routed experts).
+        # Reducing after every micro-batch keeps them sharded, as the memory plan counts them.
+        yield
+
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self._sharded:
+            super().save_model(output_dir, _internal_call)
+            return
+        target = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            target.mkdir(parents=True, exist_ok=True)
+        save_sharded_adapter(self.model, target)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(str(target))
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # adapter (save_model above) and trainer state
+        if not self._sharded:
+            return
+        # save_only_model is set for sharded models (Trainer cannot save their optimizer); do it here
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        output_dir = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        save_sharded_optimizer(self.model, self.optimizer, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), output_dir / "scheduler.pt")
+        self._save_rng_state(str(output_dir))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if not self._sharded:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        load_sharded_adapter(model or self.model, Path(resume_from_checkpoint))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self._sharded or checkpoint is None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        load_sharded_optimizer(self.model, self.optimizer, Path(checkpoint))
+        scheduler = Path(checkpoint) / "scheduler.pt"
+        if scheduler.is_file():
+            self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
+
+
+@contextlib.contextmanager
+def _saved_activations_on_host(enabled: bool) -> Iterator[None]:
+    """Move tensors autograd saves during the forward to pinned host memory (they come back for backward).
+
+    With non-reentrant gradient checkpointing what autograd saves is essentially each decoder layer's
+    input, so the GPU holds a couple of hidden states instead of one per layer.
+    """
+    if not enabled:
+        yield
+        return
+    with torch.autograd.graph.save_on_cpu(pin_memory=True):
+        yield
 
 
 # ---- the recipe --------------------------------------------------------------------------------
@@ -256,8 +348,14 @@ def use_packed_attention(model: Any) -> str:
     return name
 
 
-def training_arguments(config: TrainerConfig, checkpoints_dir: Path, has_eval: bool) -> TrainingArguments:
-    """transformers' TrainingArguments for this config: steps-based logging, checkpoints and evaluation."""
+def training_arguments(
+    config: TrainerConfig, checkpoints_dir: Path, has_eval: bool, sharded: bool = False
+) -> TrainingArguments:
+    """transformers' TrainingArguments for this config: steps-based logging, checkpoints and evaluation.
+
+    `sharded`: the model was sharded with FSDP2 at load time; Trainer then saves only the model and
+    PackedTrainer saves the optimizer itself.
+    """
     t = config.training
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
@@ -282,9 +380,11 @@ def training_arguments(config: TrainerConfig, checkpoints_dir: Path, has_eval: b
         save_steps=t.checkpoint_every,
         # Rotation is CheckpointMarkerCallback's: Trainer's would delete before the new one is marked.
         save_total_limit=None,
+        save_only_model=sharded,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.checkpoint_every if has_eval else None,
         label_names=["labels"],
+        prediction_loss_only=True,  # evaluation reports the loss; keeping every eval logit would cost memory
         remove_unused_columns=False,  # the packed rows carry position_ids, which the peft wrapper hides
         include_num_input_tokens_seen="no",  # counted by PackedTrainer
         report_to="none",
@@ -293,6 +393,54 @@ def training_arguments(config: TrainerConfig, checkpoints_dir: Path, has_eval: b
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+def world_size() -> int:
+    """Processes of this run (torchrun's WORLD_SIZE; 1 for a plain `python` run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def model_placement(config: TrainerConfig) -> Sharding:
+    """How this run places the model over its processes: "fsdp" (sharded) or "replicate" (one copy per rank).
+
+    The operator's memory plan asks the same function with the GPUs it gives the job, so the plan in
+    status describes what the trainer does.
+    """
+    return sharding_for(config.model.variant.value, world_size())
+
+
+def training_device() -> torch.device:
+    """This process's GPU (torchrun's LOCAL_RANK), or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_model_for_training(config: TrainerConfig, model_dir: Path, sharding: Sharding) -> Any:
+    """The base model with fresh LoRA adapters, placed as `sharding` says ("fsdp" or "replicate")."""
+    log.info("model placement: %s over %d process(es)", sharding, world_size())
+    if sharding == "fsdp":
+        model = load_sharded_model(
+            model_dir,
+            config.model.variant,
+            config.training.method,
+            config.training.lora,
+            device=training_device(),
+            compute_dtype=compute_dtype(config),
+            gradient_checkpointing=config.training.gradient_checkpointing,
+            seed=config.training.seed,
+        )
+        # Trainer must neither wrap this model in DDP nor move it: it owns its placement and gradient reduction.
+        model.is_distributed_loading_by_transformers = True
+        return model
+    base_model = load_base_model(
+        model_dir,
+        config.model.variant,
+        config.training.method,
+        gradient_checkpointing=config.training.gradient_checkpointing,
+        compute_dtype=compute_dtype(config),
+    )
+    return apply_lora(base_model, config.training.lora, config.model.variant)
 
 
 def save_adapter(trainer: Trainer, adapter_dir: Path) -> Path:
@@ -350,16 +498,10 @@ def main(config: TrainerConfig) -> TrainResult:
     if data.report.invalid:
         log.warning("skipping %d invalid samples:\n%s", data.report.invalid, data.report.format())
 
-    # 3. Model and LoRA.
+    # 3. Model and LoRA: one replica per rank, or (flagship on several ranks) sharded with FSDP2.
     set_seed(config.training.seed)
-    base_model = load_base_model(
-        sources.model_dir,
-        config.model.variant,
-        config.training.method,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-        compute_dtype=compute_dtype(config),
-    )
-    model = apply_lora(base_model, config.training.lora, config.model.variant)
+    sharding = model_placement(config)
+    model = load_model_for_training(config, sources.model_dir, sharding)
     keep_4bit_layers_trainable(model)
     if config.data.packing:
         log.info("attention over packed rows: %s", use_packed_attention(model))
@@ -382,13 +524,14 @@ def main(config: TrainerConfig) -> TrainResult:
     progress = ProgressCallback(reporter)
     trainer = PackedTrainer(
         model=model,
-        args=training_arguments(config, checkpoints_dir, has_eval=data.eval is not None),
+        args=training_arguments(config, checkpoints_dir, has_eval=data.eval is not None, sharded=sharding == "fsdp"),
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=data.collator,
         processing_class=tokenizer,
         callbacks=[CheckpointMarkerCallback(config.training.keep_checkpoints, config.job.uid), progress],
         pad_token_id=tokenizer.pad_token_id,
+        offload_layer_inputs=sharding == "fsdp" and torch.cuda.is_available(),
     )
     # The progress lines replace Trainer's printed dicts and tqdm bars in the pod log.
     trainer.remove_callback(PrinterCallback)

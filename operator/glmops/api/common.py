@@ -13,14 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from glmops.contract.uris import (
-    DATA_SCHEMES,
-    MAX_URI_LENGTH,
-    MODEL_SCHEMES,
-    OUTPUT_SCHEMES,
-    Scheme,
-    pattern_for,
-)
+from glmops.contract.uris import MAX_URI_LENGTH, UriRole, finetune_dataset_pattern, pattern
 
 GROUP = "glmops.io"
 VERSION = "v1alpha1"
@@ -49,15 +42,27 @@ class StatusModel(WireModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def _uri(schemes: tuple[Scheme, ...], example: str) -> Any:
+def _uri(role: UriRole, *examples: str) -> Any:
     # The grammar of glmops.contract.uris, as the CRD pattern: the apiserver refuses what the
     # operator and the trainer could not parse.
-    return Field(pattern=pattern_for(schemes), max_length=MAX_URI_LENGTH, examples=[example])
+    return Field(pattern=pattern(role), max_length=MAX_URI_LENGTH, examples=list(examples))
 
 
-ModelUri = Annotated[str, _uri(MODEL_SCHEMES, "hf://zai-org/GLM-4.7-Flash")]
-DataUri = Annotated[str, _uri(DATA_SCHEMES, "pvc://datasets/payments/train.jsonl")]
-OutputUri = Annotated[str, _uri(OUTPUT_SCHEMES, "pvc://models/payments-coder")]
+ModelUri = Annotated[str, _uri(UriRole.model, "hf://zai-org/GLM-4.7-Flash", "pvc://models/glm-4.7-flash")]
+"""A model: a checkpoint folder or one file (a GGUF)."""
+DatasetUri = Annotated[str, _uri(UriRole.dataset, "pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl")]
+"""One file that is read."""
+TrainingDatasetUri = Annotated[
+    str,
+    Field(
+        pattern=finetune_dataset_pattern(),
+        max_length=MAX_URI_LENGTH,
+        examples=["pvc://datasets/payments/train.jsonl", "synthetic://payments-synth"],
+    ),
+]
+"""A FineTuneJob's dataset: one file that is read, or synthetic://NAME (a SyntheticDataset's output)."""
+OutputUri = Annotated[str, _uri(UriRole.output, "pvc://models/payments-coder", "s3://ml-artifacts/payments-coder")]
+"""A folder that is written."""
 
 # RFC 1123 subdomain (Secret, PVC, ConfigMap and most object names).
 DnsSubdomain = Annotated[

@@ -22,6 +22,7 @@ from glmops.api.common import (
     OutputUri,
     Placement,
     StatusModel,
+    TrainingDatasetUri,
     WireModel,
 )
 from glmops.contract.config import (
@@ -40,7 +41,6 @@ from glmops.contract.config import (
     ValidationSplit,
     Variant,
 )
-from glmops.contract.uris import MAX_URI_LENGTH, dataset_pattern
 
 # The enums shared with the trainer's config are defined in glmops.contract.config.
 __all__ = ["DataFormat", "LoraTarget", "Method", "OutputFormat", "Quantization", "Thinking", "Variant"]
@@ -61,15 +61,6 @@ class Phase(StrEnum):
     cancelled = "Cancelled"
 
 
-# A dataset source names one file (glmops.contract.uris.dataset_pattern); an output is a folder.
-DatasetUri = Annotated[
-    str,
-    Field(
-        pattern=dataset_pattern(),
-        max_length=MAX_URI_LENGTH,
-        examples=["pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl"],
-    ),
-]
 EndpointUrl = Annotated[
     str,
     Field(pattern="^https?://[^\\s/?#]+(/[^\\s?#]*)?$", max_length=512, examples=["http://minio.storage.svc:9000"]),
@@ -82,7 +73,7 @@ class ModelSpec(WireModel):
     variant: Variant
     """`flash` (GLM-4.7-Flash, 30B-A3B, one 48-80 GB GPU) or `flagship` (GLM-4.7, ~355B MoE, 8 large GPUs)."""
     source: ModelUri
-    """Where the weights are: hf://ORG/NAME[@REVISION], s3://BUCKET/KEY, pvc://CLAIM/PATH or file:///PATH."""
+    """Where the weights are: hf://ORG/NAME[@REVISION][/PATH] (a folder of a Hub repository with `/PATH`; a branch with '/' written as %2F), s3://BUCKET/PREFIX, pvc://CLAIM/PATH or file:///PATH."""
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in the job's namespace whose keys (HF_TOKEN; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION) the trainer reads for the model; referenced, never copied."""
     endpoint_url: EndpointUrl | None = None
@@ -92,8 +83,8 @@ class ModelSpec(WireModel):
 class DatasetSpec(WireModel):
     """The training data."""
 
-    source: DatasetUri
-    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://datasets/ORG/NAME[@REVISION]/PATH or file:///PATH."""
+    source: TrainingDatasetUri
+    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://datasets/ORG/NAME[@REVISION]/PATH or file:///PATH; or synthetic://NAME, the output of a SyntheticDataset in the same namespace (the job waits until it is Ready)."""
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in the job's namespace with the keys for the dataset's store (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION; HF_TOKEN for private hf:// datasets); referenced, never copied."""
     endpoint_url: EndpointUrl | None = None
@@ -319,6 +310,13 @@ class GgufArtifact(ArtifactRef):
     """Its quantization type."""
 
 
+class MergedArtifact(ArtifactRef):
+    """The merged checkpoint folder."""
+
+    mtp_layers: Annotated[int, Field(ge=0)] | None = None
+    """MTP (next-token prediction) layers the merged checkpoint kept: with one or more, vLLM serves it with MTP speculative decoding unless the ModelDeployment turns it off. Absent when the export did not record it."""
+
+
 class Artifacts(StatusModel):
     """What the job produced, read from the trainer's artifacts.json."""
 
@@ -326,8 +324,8 @@ class Artifacts(StatusModel):
     """URI of artifacts.json, written last: when it exists, every file it names is complete."""
     adapter: ArtifactRef | None = None
     """The LoRA adapter directory."""
-    merged: ArtifactRef | None = None
-    """Merged full weights (safetensors, per-expert layout)."""
+    merged: MergedArtifact | None = None
+    """Merged full weights (safetensors, per-expert layout, MTP layer kept when the base has one)."""
     gguf: list[GgufArtifact] = Field(default_factory=list)
     """GGUF files, one per quantization."""
 

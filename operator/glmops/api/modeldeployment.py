@@ -133,8 +133,8 @@ class ModelDeploymentSpec(WireModel):
     """GPUs per serving pod (vLLM: the tensor-parallel size). Default: the fewest that hold the serving memory estimate. 0 runs llama.cpp on CPU."""
     gpu_memory_gi_b: Annotated[int, Field(ge=8, le=1024)] | None = None
     """Minimum memory per GPU in GiB, matched against the node label `nvidia.com/gpu.memory`. Default: the estimate's per-GPU need, at least 44 (48 GB class) for flash and 75 (80 GB class) for flagship."""
-    speculative_decoding: SpeculativeDecoding = SpeculativeDecoding.none
-    """vLLM only: `mtp` drafts one token with the model's own MTP layer (merged weights that kept it)."""
+    speculative_decoding: SpeculativeDecoding | None = None
+    """vLLM only: `mtp` drafts one token per step with the model's own MTP layer; `none` turns it off. Default: mtp when the FineTuneJob's merged artifact recorded MTP layers (status.artifacts.merged.mtpLayers), none otherwise."""
     placement: Placement = Field(default_factory=Placement)
     """Extra node selection and tolerations for serving pods."""
     api_key_secret: DnsSubdomain | None = None
@@ -169,6 +169,8 @@ class ServingPlanStatus(StatusModel):
     """Tokens per request."""
     parallel_slots: int
     """Requests per replica at once."""
+    speculative_decoding: SpeculativeDecoding | None = None
+    """vLLM: `mtp` when the replicas draft tokens with the model's MTP layer, `none` when they do not."""
 
 
 class ModelDeploymentStatus(StatusModel):

@@ -29,7 +29,7 @@ from glmops.contract.synthetic import (
     ToolExecution,
     TopP,
 )
-from glmops.contract.uris import MAX_URI_LENGTH, pattern_for
+from glmops.contract.uris import MAX_URI_LENGTH, UriRole, pattern
 
 __all__ = ["Deduplication", "Thinking", "ToolExecution"]
 
@@ -40,7 +40,7 @@ PLURAL = "syntheticdatasets"
 LocalFileUri = Annotated[
     str,
     Field(
-        pattern=pattern_for(("pvc", "file")),
+        pattern=pattern(UriRole.dataset, ("pvc", "file")),
         max_length=MAX_URI_LENGTH,
         examples=["pvc://datasets/payments/prompts.jsonl"],
     ),

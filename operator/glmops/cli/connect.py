@@ -15,6 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CLIENTS = ("claude-code", "cline", "aider", "openai")
+REASONING_FIELDS = {"vllm": "reasoning", "llamacpp": "reasoning_content"}
+"""Where each runtime puts the reasoning of a chat completion (message.X, and delta.X when streamed):
+vLLM 0.32 says `reasoning` (it renamed `reasoning_content`), llama-server with --reasoning-format
+deepseek `reasoning_content`. Both accept either name in the assistant turns of a request."""
 KEY_PLACEHOLDER = "<api-key>"
 NO_KEY = "none"  # clients insist on some key; the server checks none
 
@@ -39,6 +43,13 @@ class Connection:
     """How to get the key when it is not printed."""
     note: str = ""
     """A warning to print first (not ready yet, reached through a port-forward)."""
+    runtime: str = "llamacpp"
+    """The inference server: `llamacpp` or `vllm`."""
+
+    @property
+    def reasoning_field(self) -> str:
+        """The chat-completion field (message.X, delta.X) that carries the model's reasoning."""
+        return REASONING_FIELDS.get(self.runtime, "reasoning_content")
 
     @property
     def root_url(self) -> str:
@@ -92,7 +103,8 @@ def connection_from(
         service_port = urlsplit(str(endpoint)).port or 80
         url = f"http://127.0.0.1:{local_port}/v1"
         notes.append(f"first, in another shell: kubectl port-forward -n {namespace} svc/{name} {local_port}:{service_port}")
-    return Connection(name, namespace, url, chosen, context, key_value, hint, "\n# ".join(notes))
+    runtime = str(spec.get("runtime") or "llamacpp")
+    return Connection(name, namespace, url, chosen, context, key_value, hint, "\n# ".join(notes), runtime)
 
 
 def _env_lines(values: dict[str, str]) -> list[str]:
@@ -114,7 +126,13 @@ def render(client: str, c: Connection) -> str:
             "ANTHROPIC_DEFAULT_SONNET_MODEL": c.model,
             "ANTHROPIC_DEFAULT_OPUS_MODEL": c.model,
         }
-        lines += [f"# Claude Code -> {c.model} (Anthropic Messages API at {c.root_url}/v1/messages)"]
+        lines += [
+            f"# Claude Code -> {c.model} (Anthropic Messages API at {c.root_url}/v1/messages;",
+            "# the model's reasoning arrives as thinking blocks, with either runtime)",
+        ]
+        if c.runtime == "vllm":
+            # vLLM checks only Authorization: Bearer, which is how Claude Code sends ANTHROPIC_AUTH_TOKEN.
+            lines += ["# the key goes in ANTHROPIC_AUTH_TOKEN: vLLM refuses it in x-api-key (ANTHROPIC_API_KEY)"]
         lines += _env_lines(env)
         lines += ["", "# or, for every session, in ~/.claude/settings.json:", json.dumps({"env": env}, indent=2)]
     elif client == "cline":
@@ -125,6 +143,13 @@ def render(client: str, c: Connection) -> str:
             f"Model ID:       {c.model}",
             f"Context Window: {c.context_length}",
         ]
+        if c.reasoning_field != "reasoning_content":
+            # Cline's OpenAI Compatible provider reads delta.reasoning_content only.
+            lines += [
+                "",
+                f"# This server ({c.runtime}) returns reasoning as `{c.reasoning_field}`, not `reasoning_content`:",
+                "# Cline shows its answers and tool calls but not its reasoning.",
+            ]
     elif client == "aider":
         metadata = {
             f"openai/{c.model}": {
@@ -138,6 +163,11 @@ def render(client: str, c: Connection) -> str:
             }
         }
         lines += [f"# Aider -> {c.model}"]
+        if c.reasoning_field != "reasoning_content":
+            lines += [
+                f"# This server ({c.runtime}) returns reasoning as `{c.reasoning_field}`; clients that read only",
+                "# `reasoning_content` show no reasoning (answers and tool calls are unaffected).",
+            ]
         lines += _env_lines({"OPENAI_API_BASE": c.base_url, "OPENAI_API_KEY": c.key})
         lines += [
             f"aider --model {shlex.quote('openai/' + c.model)}",
@@ -153,7 +183,10 @@ def render(client: str, c: Connection) -> str:
             "# Python:",
             "from openai import OpenAI",
             f"client = OpenAI(base_url={c.base_url!r}, api_key={c.key!r})",
-            f"client.chat.completions.create(model={c.model!r}, messages=[{{'role': 'user', 'content': 'hello'}}])",
+            f"reply = client.chat.completions.create(model={c.model!r}, messages=[{{'role': 'user', 'content': 'hello'}}])",
+            "print(reply.choices[0].message.content)",
+            f"# the reasoning, apart from the answer ({c.runtime}: message.{c.reasoning_field}, delta.{c.reasoning_field} when streamed):",
+            f"print((reply.choices[0].message.model_extra or {{}}).get({c.reasoning_field!r}))",
         ]
     else:
         raise ConnectError(f"--client {client}: expected one of {', '.join(CLIENTS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -35,19 +36,89 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
     import kopf
 
     import glmops.handlers  # noqa: F401  (registers the handlers)
+    from glmops.health import HealthServer
 
     namespaces = args.namespace or []
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.FULL)
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=True,  # one replica; no peering objects to create
-        liveness_endpoint=args.liveness,
-    )
+    elector = None
+    if args.leader_elect:
+        from glmops.leader import Election, LeaderElector, default_identity
+
+        try:
+            election = Election(args.lease_duration, args.renew_deadline, args.retry_period)
+        except ValueError as exc:
+            print(f"glmops run: {exc}", file=sys.stderr)
+            return 2
+        elector = LeaderElector(
+            _leader_api_client(), args.lease_namespace or _own_namespace(), args.lease_name, args.identity or default_identity(), election
+        )
+    health = None
+    if args.health_port is not None:
+        health = HealthServer(
+            args.health_port,
+            role=lambda: "leader" if elector is None or elector.leading.is_set() else "standby",
+            last_contact_s=(lambda: elector.last_contact_s) if elector is not None else None,
+        )
+        health.start()
+    try:
+        if elector is not None:
+            # A standby waits here; SIGTERM ends the wait (kopf installs its own handlers later).
+            stop = threading.Event()
+            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+            leading = elector.acquire(stop)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if not leading:
+                logging.getLogger("glmops").info("stopped while standing by")
+                return 0
+            elector.start_renewing()
+        kopf.run(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            # One active replica: alone, or the leader of the Lease. kopf's peering is not used
+            # (glmops.leader says why).
+            standalone=True,
+            liveness_endpoint=args.liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.release()  # after kopf stopped: a standby takes over at once
+        if health is not None:
+            health.stop()
     return 0
+
+
+def _leader_api_client() -> Any:
+    from kubernetes import client, config
+
+    from glmops import kube
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kube.TimedApiClient(client.Configuration.get_default_copy(), timeout_s=10.0)
+
+
+def _own_namespace() -> str:
+    """The pod's namespace (POD_NAMESPACE, else the service account's), for the Lease."""
+    import os
+
+    namespace = os.environ.get("POD_NAMESPACE")
+    if namespace:
+        return namespace
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as stream:
+            return stream.read().strip()
+    except OSError:
+        return "default"
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
@@ -74,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
+    run.add_argument("--health-port", type=int, default=None, help="serve /healthz and /readyz on this port (leader and standby)")
+    election = run.add_argument_group("leader election (one active replica of several)")
+    election.add_argument("--leader-elect", action="store_true", help="act only while holding the Lease; stand by otherwise")
+    election.add_argument("--lease-name", default="glmops", help="the Lease (default: glmops)")
+    election.add_argument("--lease-namespace", default=None, help="its namespace (default: POD_NAMESPACE, else the pod's own)")
+    election.add_argument("--identity", default=None, help="this replica's name in the Lease (default: POD_NAME, else host-pid)")
+    election.add_argument("--lease-duration", type=float, default=15.0, help="seconds a standby waits after the last renewal (15)")
+    election.add_argument("--renew-deadline", type=float, default=10.0, help="seconds without renewal after which the leader exits (10)")
+    election.add_argument("--retry-period", type=float, default=2.0, help="seconds between renewals and attempts (2)")
     run.set_defaults(func=_cmd_run)
     from glmops.cli.connect import CLIENTS
 

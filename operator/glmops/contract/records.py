@@ -4,8 +4,10 @@ Progress: while it trains, the trainer serves `GET /metrics` on its pod's IP (po
 `runtime.metrics_port`) in the Prometheus text format. The operator reads it there, and so can
 any Prometheus; nothing is parsed out of the pod's log, so no amount of later output scrolls it
 away and no line of a dataset or a library can forge it. Every series is a gauge named
-`glmops_trainer_*`; `glmops_trainer_info` carries the job's uid, and a reader drops a page whose
-uid is not the one it expects (an address reused by another pod). A value that is not known
+`glmops_trainer_*`; `glmops_trainer_info` carries the FineTuneJob's name (label `finetunejob`),
+namespace and uid, and a reader drops a page whose uid is not the one it expects (an address
+reused by another pod). Dashboards join on the scrape target: `glmops_trainer_loss * on(instance)
+group_left(finetunejob) glmops_trainer_info`. A value that is not known
 (no eval yet, a NaN loss) is `NaN`.
 
 Result: at the end each pod writes one JSON object (`ResultRecord`) as its container's
@@ -102,8 +104,10 @@ def render_metrics(record: ProgressRecord | None, job: str, namespace: str, uid:
     lines = [
         f"# HELP {PREFIX}info The run these series belong to; readers check uid.",
         f"# TYPE {PREFIX}info gauge",
+        # `finetunejob`, not `job`: Prometheus gives every scraped series a `job` label of its own
+        # (the scrape job) and would rename ours to `exported_job`.
         (
-            f'{PREFIX}info{{job="{_label_value(job)}",namespace="{_label_value(namespace)}",uid="{_label_value(uid)}",'
+            f'{PREFIX}info{{finetunejob="{_label_value(job)}",namespace="{_label_value(namespace)}",uid="{_label_value(uid)}",'
             f'schema="{SCHEMA_VERSION}"}} 1'
         ),
     ]

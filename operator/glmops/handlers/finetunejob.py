@@ -25,14 +25,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from glmops import kube
+from glmops import kube, metrics
 from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import KIND, PLURAL, FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Phase, Plan
 from glmops.api.syntheticdataset import PLURAL as SDS_PLURAL
 from glmops.conditions import ConditionType, Reason, find_condition
 from glmops.contract.config import METRICS_PATH
 from glmops.contract.records import MetricsError, ProgressRecord, parse_metrics, parse_result
-from glmops.contract.uris import parse_uri, synthetic_name
+from glmops.contract.uris import UriRole, parse_uri, synthetic_name
 from glmops.plan import names
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
@@ -94,6 +94,12 @@ async def ftj_polled(namespace: str | None, name: str, status: kopf.Status, **_:
     if phase == Phase.pending and not status.get("trainerJob"):
         return {"waiting": (str(namespace), name)}
     return None
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def ftj_summaries(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> dict[str, metrics.JobSummary]:
+    """Every job's phase and progress, for the operator's metrics (glmops.metrics)."""
+    return {metrics.ALL: metrics.job_summary(str(namespace), name, status)}
 
 
 class NodeCache:
@@ -250,6 +256,11 @@ def converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any
     """
     if not name:
         return
+    with metrics.reconciling(memo, metrics.FINETUNEJOB):
+        _converge(memo, namespace, name, outputs, diffbase)
+
+
+def _converge(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any, str], diffbase: str | None) -> None:
     api: client.ApiClient = memo.api
     for _attempt in range(CONFLICT_RETRIES):
         body = kube.get_custom(api, PLURAL, namespace, name)
@@ -453,10 +464,13 @@ def _gather_facts(
     referenced = {secret for _field, secret in credential_secrets(spec)}
     secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
     # A synthetic:// dataset counts as the file it resolved to (none while it is not Ready).
-    located = [("spec.model.source", spec.model.source), ("spec.output.destination", spec.output.destination)]
+    located = [
+        ("spec.model.source", spec.model.source, UriRole.model),
+        ("spec.output.destination", spec.output.destination, UriRole.output),
+    ]
     if dataset_source is not None:
-        located.append(("spec.dataset.source", dataset_source))
-    claims = {parse_uri(u, f, ("hf", "s3", "pvc", "file")).claim for f, u in located}
+        located.append(("spec.dataset.source", dataset_source, UriRole.dataset))
+    claims = {parse_uri(u, f, role).claim for f, u, role in located}
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
     destination = spec.output.destination.rstrip("/")
     others = sorted(n for n in outputs.get((namespace, destination), []) if n != name)

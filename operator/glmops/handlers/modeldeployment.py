@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from glmops import kube
+from glmops import kube, metrics
 from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import PLURAL as FTJ_PLURAL
 from glmops.api.modeldeployment import (
@@ -30,6 +30,7 @@ from glmops.api.modeldeployment import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     ServingPlanStatus,
+    SpeculativeDecoding,
     Strategy,
 )
 from glmops.conditions import ConditionType, Reason, find_condition
@@ -76,6 +77,12 @@ async def mdep_jobs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any)
     return {(namespace, job): name for job in jobs if job} or None
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+async def mdep_summaries(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, metrics.DeploymentSummary]:
+    """Every deployment's phase and replicas, for the operator's metrics (glmops.metrics)."""
+    return {metrics.ALL: metrics.deployment_summary(str(namespace), name, spec, status)}
+
+
 def _gather_facts(
     api: client.ApiClient, namespace: str, name: str, spec: ModelDeploymentSpec, memo: kopf.Memo
 ) -> ServingFacts:
@@ -108,6 +115,7 @@ def _plan_status(plan: ServingPlan) -> ServingPlanStatus | None:
         kv_cache_gi_b=round(plan.memory.kv_cache_gib, 1),
         context_length=plan.placement.context_length,
         parallel_slots=plan.placement.parallel_slots,
+        speculative_decoding=SpeculativeDecoding.mtp if plan.mtp else SpeculativeDecoding.none,
     )
 
 
@@ -145,6 +153,11 @@ def reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str,
     its status is recomputed from the Deployment, ReplicaSets and pods. A status write that lost
     to another writer (409) is redone from a fresh read.
     """
+    with metrics.reconciling(memo, metrics.MODELDEPLOYMENT, waits=(_Retry,)):
+        _reconcile_deployment(api, memo, namespace, name, replan)
+
+
+def _reconcile_deployment(api: client.ApiClient, memo: kopf.Memo, namespace: str, name: str, replan: bool) -> None:
     settings: Settings = memo.settings
     for _attempt in range(CONFLICT_RETRIES):
         body = kube.get_custom(api, PLURAL, namespace, name)

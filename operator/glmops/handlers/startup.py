@@ -14,6 +14,7 @@ from glmops.api.common import GROUP
 from glmops.handlers import syntheticdataset
 from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache, Poller
 from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
+from glmops.metrics import OperatorMetrics
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
 from glmops.settings import Settings
 
@@ -72,12 +73,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.poller.start()
     memo.synthetic_poller = syntheticdataset.Poller(memo, kwargs["sds_polled"], kwargs["sds_outputs"])
     memo.synthetic_poller.start()
+    memo.metrics = OperatorMetrics()
+    memo.metrics.watch(kwargs["ftj_summaries"], kwargs["mdep_summaries"])
+    memo.metrics.serve(ours.metrics_address, ours.metrics_port)
     logger.info("glmops operator started (trainer image %s)", memo.settings.trainer_image)
 
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the poller and close the API client's connection pool."""
+    """Stop the metrics endpoint and the pollers, and close the API client's connection pool."""
+    metrics = getattr(memo, "metrics", None)
+    if metrics is not None:
+        metrics.stop()
     for name in ("poller", "synthetic_poller"):
         poller = getattr(memo, name, None)
         if poller is not None:

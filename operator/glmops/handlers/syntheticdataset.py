@@ -46,7 +46,7 @@ from glmops.contract.synthetic import (
     parse_generator_metrics,
     parse_generator_result,
 )
-from glmops.contract.uris import parse_uri, synthetic_name
+from glmops.contract.uris import UriRole, parse_uri, synthetic_name
 from glmops.handlers import finetunejob
 from glmops.handlers.finetunejob import status_patch
 from glmops.plan import names
@@ -350,7 +350,7 @@ def _gather_facts(
     if secret is None and deployment is not None:
         secret = (deployment.get("spec") or {}).get("apiKeySecret")
     secrets = frozenset({secret}) if secret and kube.secret_exists(api, namespace, secret) else frozenset()
-    claims = {parse_uri(u, f, ("pvc", "file")).claim for f, u in (("spec.prompts", spec.prompts), ("spec.output", spec.output))}
+    claims = {parse_uri(u, f, UriRole.dataset, ("pvc", "file")).claim for f, u in (("spec.prompts", spec.prompts), ("spec.output", spec.output))}
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
     others = sorted(n for n in outputs.get((namespace, spec.output), []) if n != name)
     return SyntheticFacts(

@@ -17,7 +17,7 @@ from typing import Any
 
 from glmops.api.finetunejob import FineTuneJobSpec
 from glmops.contract.config import OutputFormat, TrainerConfig
-from glmops.contract.uris import parse_uri, pod_path
+from glmops.contract.uris import UriRole, parse_uri, pod_path
 from glmops.plan import names
 from glmops.plan.finetune import (
     CONFIG_ANNOTATION,
@@ -30,6 +30,7 @@ from glmops.plan.finetune import (
 )
 from glmops.plan.memory import VARIANT_DIMS
 from glmops.plan.quantity import bytes_quantity, parse_quantity
+from glmops.plan.storage import credential_env
 from glmops.settings import Settings
 
 GIB = 1024**3
@@ -75,7 +76,7 @@ def export_resources(config: TrainerConfig, sizes: ModelSizes, settings: Setting
     mounted volume (merged weights and the full-precision GGUF are staged locally before upload)."""
     held = Decimal(sizes.largest_shard_bytes + 2 * sizes.adapter_bytes) * Decimal(str(settings.export_memory_headroom))
     memory = held + parse_quantity(settings.export_memory_base)
-    local_output = parse_uri(config.output.destination, "output.destination", ("s3", "pvc", "file")).scheme in ("pvc", "file")
+    local_output = parse_uri(config.output.destination, "output.destination", UriRole.output).scheme in ("pvc", "file")
     stages = OutputFormat.merged in config.output.formats or OutputFormat.gguf in config.output.formats
     scratch = LOCAL_SCRATCH_BYTES if local_output or not stages else 2 * sizes.model_bytes + LOCAL_SCRATCH_BYTES
     return ExportResources(cpu=settings.export_cpu, memory=bytes_quantity(memory), scratch=bytes_quantity(scratch))
@@ -108,8 +109,9 @@ def plan_export_job(
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "GLMOPS_JOB", "value": meta.name},
             *({"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())),
-            # The export reads a remote base model with the same credentials as the trainer.
-            *(e for e in trainer_template["spec"]["containers"][0].get("env", []) if "secretKeyRef" in (e.get("valueFrom") or {})),
+            # The export reads the base model and writes the output with the trainer's credentials
+            # and endpoints (an S3-compatible store's endpointUrl included).
+            *credential_env(spec),
         ],
         # No nvidia.com/gpu: the export never touches a GPU.
         "resources": {
@@ -162,11 +164,11 @@ def _volumes(config: TrainerConfig, settings: Settings, scratch: str) -> tuple[l
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only; the export reads the base model, writes the output
-    for field, uri, read_only in (
-        ("model.source", config.model.source, True),
-        ("output.destination", config.output.destination, False),
+    for field, uri, role, read_only in (
+        ("model.source", config.model.source, UriRole.model, True),
+        ("output.destination", config.output.destination, UriRole.output, False),
     ):
-        claim = parse_uri(uri, field).claim
+        claim = parse_uri(uri, field, role).claim
         if claim:
             claims[claim] = claims.get(claim, True) and read_only
     root = config.runtime.pvc_mount_root

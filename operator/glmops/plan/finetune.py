@@ -17,7 +17,7 @@ from glmops.api.defaults import VARIANT_DEFAULTS, ResolvedTraining, default_gpus
 from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
 from glmops.conditions import Reason
 from glmops.contract.config import POD_IP_ENV
-from glmops.contract.uris import parse_uri, pod_path, synthetic_name
+from glmops.contract.uris import UriRole, parse_uri, pod_path, synthetic_name
 from glmops.plan import names
 from glmops.plan.changes import spec_section_hashes
 from glmops.plan.memory import MemoryPlan, plan_memory
@@ -213,8 +213,8 @@ def validate_finetune(
         problems.append(
             Problem(Reason.synthetic_dataset_not_ready, "spec.dataset.source", "the SyntheticDataset's output is not known yet")
         )
-    for field_path, uri in _pvc_uris(spec, facts.dataset_source):
-        claim = parse_uri(uri, field_path).claim
+    for field_path, uri, role in _pvc_uris(spec, facts.dataset_source):
+        claim = parse_uri(uri, field_path, role).claim
         if claim and claim not in facts.pvcs:
             problems.append(
                 Problem(
@@ -307,14 +307,14 @@ def _label_problems(spec: FineTuneJobSpec) -> list[Problem]:
     return problems
 
 
-def _pvc_uris(spec: FineTuneJobSpec, dataset_source: str | None) -> list[tuple[str, str]]:
+def _pvc_uris(spec: FineTuneJobSpec, dataset_source: str | None) -> list[tuple[str, str, UriRole]]:
     """The pvc:// locations of the job (the dataset as resolved, for a synthetic:// source)."""
     return [
-        (path, uri)
-        for path, uri in (
-            ("spec.model.source", spec.model.source),
-            ("spec.dataset.source", dataset_source or spec.dataset.source),
-            ("spec.output.destination", spec.output.destination),
+        (path, uri, role)
+        for path, uri, role in (
+            ("spec.model.source", spec.model.source, UriRole.model),
+            ("spec.dataset.source", dataset_source or spec.dataset.source, UriRole.dataset),
+            ("spec.output.destination", spec.output.destination, UriRole.output),
         )
         if uri.startswith("pvc://")
     ]
@@ -483,8 +483,8 @@ def _volumes(
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only
-    for field_path, uri in _pvc_uris(spec, dataset_source):
-        claim = parse_uri(uri, field_path).claim
+    for field_path, uri, role in _pvc_uris(spec, dataset_source):
+        claim = parse_uri(uri, field_path, role).claim
         assert claim is not None
         read_only = field_path != "spec.output.destination"
         claims[claim] = claims.get(claim, True) and read_only

@@ -20,8 +20,11 @@ against what a tiny model really allocates. Every term follows what the trainer 
 - Runtime overhead per GPU: CUDA context, cuBLAS/bitsandbytes workspaces and caching-allocator
   fragmentation (RUNTIME_OVERHEAD_GIB).
 
-Placement: the flagship is split layer-wise over all GPUs of the job (one process, weights and
-layer inputs divided, one GPU at a time busy); Flash runs one replica per GPU (data parallel).
+Placement (`sharding_for`): the flagship on several GPUs runs under FSDP2 (`fsdp`): one process per
+GPU, every parameter split along dim 0 over all GPUs, each GPU training its own micro-batch. Under
+`fsdp` the trainer also keeps the frozen unquantized weights in the compute dtype (so the residual
+stream is bf16, not fp32) and computes the loss in chunks of LOSS_CHUNK_TOKENS tokens; the plan
+follows (`_plan_fsdp`). Everything else runs one whole replica per GPU (`replicate`, data parallel).
 """
 
 from __future__ import annotations
@@ -41,8 +44,16 @@ ADAMW_BYTES_PER_LORA_PARAM = 16
 RUNTIME_OVERHEAD_GIB = 2.5
 """Per GPU: CUDA context (~0.5-1 GiB), cuBLAS and bitsandbytes workspaces, allocator fragmentation."""
 
-Sharding = Literal["replicate", "split"]
-"""replicate: each GPU holds a whole replica (data parallel); split: layers divided over all GPUs."""
+Sharding = Literal["replicate", "fsdp"]
+"""replicate: each GPU holds a whole replica (data parallel); fsdp: every parameter divided over all GPUs (FSDP2)."""
+
+LOSS_CHUNK_TOKENS = 1024
+"""Under fsdp the loss is computed this many tokens at a time (glmops_trainer.model.chunked_loss), so only one
+chunk's logits ever exist instead of the whole sequence's."""
+
+FSDP_GATHERED_LAYERS = 3
+"""Decoder layers whose whole parameters exist at once on a GPU under FSDP2: the one computing, the next one
+prefetched, and the prefetch's all-gather buffer until it is copied out."""
 
 TARGET_NAMES = ("attention", "dense_mlp", "shared_experts", "experts")
 
@@ -240,6 +251,31 @@ class ModelDims:
         sizes.append(3 * hidden * self.moe_intermediate_size)  # one routed expert: gate, up, down
         return max(sizes)
 
+    def largest_layer_bytes(self, method: str, lora_rank: int, targets: Sequence[str], compute_bytes: int) -> float:
+        """Bytes of the biggest decoder layer's whole parameters (what FSDP all-gathers for one layer).
+
+        4-bit weights at NF4_BYTES_PER_PARAM (qlora) or the compute dtype (lora); norms, biases and the
+        router in the compute dtype; the layer's LoRA weights in fp32.
+        """
+        hidden, inter = self.hidden_size, self.moe_intermediate_size
+        attention = sum(i * o for i, o in self.attention.linears(hidden).values())
+        small = 2 * hidden + self.attention.norm_params() + self.attention.bias_params(hidden)
+        weight_bytes = NF4_BYTES_PER_PARAM if method == "qlora" else float(compute_bytes)
+        dense_layer = (attention + 3 * hidden * self.intermediate_size) * weight_bytes
+        dense_layer += small * compute_bytes
+        moe_weights = attention + 3 * hidden * inter * (self.num_shared_experts + self.num_routed_experts)
+        moe_layer = moe_weights * weight_bytes + (small + self.num_routed_experts * hidden) * compute_bytes
+        attention_lora = self.lora_parameters(lora_rank, ["attention"]) / self.num_layers if "attention" in targets else 0.0
+        sizes = []
+        if self.num_moe_layers:
+            moe_targets = [t for t in targets if t in ("shared_experts", "experts")]
+            moe_lora = self.lora_parameters(lora_rank, moe_targets) / self.num_moe_layers if moe_targets else 0.0
+            sizes.append(moe_layer + (attention_lora + moe_lora) * 4.0)
+        if self.num_dense_layers:
+            dense_lora = self.lora_parameters(lora_rank, ["dense_mlp"]) / self.num_dense_layers if "dense_mlp" in targets else 0.0
+            sizes.append(dense_layer + (attention_lora + dense_lora) * 4.0)
+        return max(sizes)
+
 
 FLAGSHIP = ModelDims(
     name="GLM-4.7",
@@ -282,7 +318,16 @@ FLASH = ModelDims(
 """GLM-4.7-Flash (30B-A3B, glm4_moe_lite): MLA attention, one dense layer; its MTP layer is not loaded."""
 
 VARIANT_DIMS: dict[str, ModelDims] = {"flagship": FLAGSHIP, "flash": FLASH}
-DEFAULT_SHARDING: dict[str, Sharding] = {"flagship": "split", "flash": "replicate"}
+
+
+def sharding_for(variant: str, gpus: int) -> Sharding:
+    """How a run of `variant` on `gpus` GPUs places the model; the planner and the trainer both ask here.
+
+    The flagship does not fit one GPU even in 4-bit, so on several GPUs it is sharded with FSDP2 and
+    all GPUs compute at once; Flash fits one GPU and runs one replica per GPU. A single process (one
+    GPU, or a CPU) always holds the whole model.
+    """
+    return "fsdp" if variant == "flagship" and gpus > 1 else "replicate"
 
 
 @dataclass(frozen=True)
@@ -290,22 +335,24 @@ class MemoryPlan:
     """Planned GPU memory of one training run."""
 
     per_gpu_gib: float
-    """Peak on the busiest GPU."""
+    """Peak on the busiest GPU (under fsdp and replicate every GPU has the same peak)."""
     total_gib: float
     """Sum over all GPUs of the job."""
     gpus: int
     sharding: Sharding
     breakdown_gib: dict[str, float] = field(default_factory=dict)
     """Per-GPU peak by term: weights_nf4, weights_unquantized, lora_and_optimizer, layer_inputs,
-    working_activations, dequant_buffer, runtime_overhead (they sum to per_gpu_gib)."""
+    working_activations, fsdp_gathered, dequant_buffer, runtime_overhead (they sum to per_gpu_gib)."""
     layer_recompute_gib: float = 0.0
     """One decoder layer's recompute + backward working set (all layers without checkpointing)."""
     logits_gib: float = 0.0
-    """The loss's logits-sized fp32 tensors at their peak."""
+    """The loss's logits-sized tensors at their peak (one chunk's under fsdp)."""
     parameters: int = 0
     """Base model parameters (decoder stack)."""
     lora_parameters: int = 0
     """Trainable LoRA parameters."""
+    host_offload_gib_per_gpu: float = 0.0
+    """Host memory each GPU's process uses for activations moved off the GPU (fsdp: the layer inputs)."""
 
     def fits(self, gpu_memory_gib: float) -> bool:
         """True when the per-GPU peak fits a GPU of this size."""
@@ -342,14 +389,26 @@ def plan_memory(
     if gpus < 1 or lora_rank < 1 or sequence_length < 1 or micro_batch_size < 1:
         raise ValueError("gpus, lora_rank, sequence_length and micro_batch_size must be >= 1")
     model = dims or VARIANT_DIMS[variant]
-    sharding = sharding or DEFAULT_SHARDING[variant]
+    sharding = sharding or sharding_for(variant, gpus)
+    if sharding not in ("replicate", "fsdp"):
+        raise ValueError(f"sharding must be 'replicate' or 'fsdp', not {sharding!r}")
     groups = model.parameter_groups()
     quantized_groups = ("attention", "dense_mlp", "shared_experts", "experts")
     quantized = sum(groups[g] for g in quantized_groups)
     unquantized = sum(v for g, v in groups.items() if g not in quantized_groups)
 
+    tokens = sequence_length * micro_batch_size
     # the router's score-correction bias: a float32 buffer, not a parameter
     router_bias = model.num_routed_experts * model.num_moe_layers * 4.0
+    # bitsandbytes dequantizes a whole Linear4bit for its matmul, in forward and again in backward
+    dequant = 2.0 * model.largest_linear_parameters() * compute_bytes if method == "qlora" else 0.0
+    overhead = runtime_overhead_gib * GIB
+    if sharding == "fsdp":
+        return _plan_fsdp(
+            model, method, lora_rank, targets, tokens, gpus, gradient_checkpointing,
+            compute_bytes, lora_dropout, overhead, dequant, router_bias,
+        )  # fmt: skip
+
     if method == "qlora":
         # per-expert absmax offsets of NF4Experts: one fp32 per expert and weight
         expert_offsets = 2 * model.num_routed_experts * model.num_moe_layers * 4
@@ -362,7 +421,6 @@ def plan_memory(
     lora_params = model.lora_parameters(lora_rank, targets)
     lora_state = lora_params * ADAMW_BYTES_PER_LORA_PARAM
 
-    tokens = sequence_length * micro_batch_size
     # qlora: the fp32 embeddings make the residual stream fp32; linears still compute in bf16
     residual_bytes = 4 if method == "qlora" else compute_bytes
     layer_inputs = model.num_layers * tokens * model.hidden_size * residual_bytes
@@ -373,44 +431,20 @@ def plan_memory(
         layer_inputs, layer_work = 0, layer_work * model.num_layers
     # peak of the loss's backward: fp32 log-softmax output, its gradient and the logits' gradient
     logits = tokens * model.vocab_size * 12
-    dequant = 2 * model.largest_linear_parameters() * compute_bytes if method == "qlora" else 0
-
-    overhead = runtime_overhead_gib * GIB
     # The loss's tensors are freed before backward reaches the last decoder layer, so the peak is the
     # larger of the two phases, not their sum.
     working = max(float(layer_work), float(logits))
-    if sharding == "split":
-        share = 1.0 / gpus
-        per_gpu = {
-            "weights_nf4": weights_nf4 * share,
-            "weights_unquantized": weights_plain * share,
-            "lora_and_optimizer": lora_state * share,
-            "layer_inputs": layer_inputs * share,
-            "working_activations": working,  # the GPU with the lm_head: logits or its layers' recompute
-            "dequant_buffer": float(dequant),
-            "runtime_overhead": overhead,
-        }
-        # Sum of every GPU's own peak: each recomputes its layers and has its context; one holds the logits.
-        total = (
-            weights_nf4
-            + weights_plain
-            + lora_state
-            + layer_inputs
-            + working
-            + (gpus - 1) * layer_work
-            + gpus * (dequant + overhead)
-        )
-    else:
-        per_gpu = {
-            "weights_nf4": weights_nf4,
-            "weights_unquantized": weights_plain,
-            "lora_and_optimizer": float(lora_state),
-            "layer_inputs": float(layer_inputs),
-            "working_activations": working,
-            "dequant_buffer": float(dequant),
-            "runtime_overhead": overhead,
-        }
-        total = sum(per_gpu.values()) * gpus
+    per_gpu = {
+        "weights_nf4": weights_nf4,
+        "weights_unquantized": weights_plain,
+        "lora_and_optimizer": float(lora_state),
+        "layer_inputs": float(layer_inputs),
+        "working_activations": working,
+        "fsdp_gathered": 0.0,
+        "dequant_buffer": dequant,
+        "runtime_overhead": overhead,
+    }
+    total = sum(per_gpu.values()) * gpus
     breakdown = {key: value / GIB for key, value in per_gpu.items()}
     return MemoryPlan(
         per_gpu_gib=sum(breakdown.values()),
@@ -423,6 +457,95 @@ def plan_memory(
         parameters=model.total_parameters(),
         lora_parameters=lora_params,
     )
+
+
+def _plan_fsdp(
+    model: ModelDims,
+    method: str,
+    lora_rank: int,
+    targets: Sequence[str],
+    tokens: int,
+    gpus: int,
+    gradient_checkpointing: bool,
+    compute_bytes: int,
+    lora_dropout: float,
+    overhead: float,
+    dequant: float,
+    router_bias: float,
+) -> MemoryPlan:
+    """The plan of an FSDP2 run: what every GPU holds, as `glmops_trainer.model.sharded` lays it out.
+
+    - Sharded over all GPUs (each parameter split along dim 0): the NF4 codes of every 4-bit weight, the
+      routed experts' statistics (packed into their rows), the unquantized weights (kept in the compute
+      dtype), LoRA weights, their gradients and AdamW moments.
+    - Whole on every GPU: bitsandbytes' statistics of the 4-bit linears (module state, not parameters)
+      and the router's score-correction bias (a buffer).
+    - Each GPU's own micro-batch: the checkpointed layer inputs go to host memory as they are saved
+      (`host_offload_gib`) and come back one layer at a time in backward, so the GPU holds about two
+      hidden states. The peak is the larger of two phases that never overlap: a layer's recompute and
+      backward with FSDP_GATHERED_LAYERS layers gathered, or one chunk of the loss with the gathered
+      lm_head and one prefetched layer.
+    """
+    groups = model.parameter_groups()
+    linear_params = groups["attention"] + groups["dense_mlp"] + groups["shared_experts"]
+    unquantized = sum(v for g, v in groups.items() if g not in ("attention", "dense_mlp", "shared_experts", "experts"))
+    if method == "qlora":
+        expert_offsets = 2 * model.num_routed_experts * model.num_moe_layers * 4
+        sharded_nf4 = groups["experts"] * NF4_BYTES_PER_PARAM + expert_offsets + linear_params * 0.5
+        replicated_nf4 = linear_params * (NF4_BYTES_PER_PARAM - 0.5)
+        sharded_plain = unquantized * float(compute_bytes)
+    else:
+        sharded_nf4, replicated_nf4 = 0.0, 0.0
+        sharded_plain = (linear_params + groups["experts"] + unquantized) * float(compute_bytes)
+    lora_params = model.lora_parameters(lora_rank, targets)
+    lora_state = lora_params * ADAMW_BYTES_PER_LORA_PARAM
+
+    hidden_state = tokens * model.hidden_size * compute_bytes
+    layer_work = tokens * _layer_activation_bytes_per_token(
+        model, targets, lora_rank, compute_bytes, compute_bytes, lora_dropout
+    )
+    if gradient_checkpointing:
+        layer_inputs, host_offload = 2.0 * hidden_state, float(model.num_layers * hidden_state)
+    else:
+        layer_inputs, host_offload, layer_work = 0.0, 0.0, layer_work * model.num_layers
+    layer_bytes = model.largest_layer_bytes(method, lora_rank, targets, compute_bytes)
+    lm_head = (model.vocab_size + 1) * model.hidden_size * compute_bytes
+    loss = _chunked_loss_bytes(model, tokens, compute_bytes)
+    layer_phase = (float(layer_work), FSDP_GATHERED_LAYERS * layer_bytes)
+    loss_phase = (loss, lm_head + layer_bytes)
+    working, gathered = max(layer_phase, loss_phase, key=sum)
+
+    per_gpu = {
+        "weights_nf4": sharded_nf4 / gpus + replicated_nf4,
+        "weights_unquantized": sharded_plain / gpus + router_bias,
+        "lora_and_optimizer": lora_state / gpus,
+        "layer_inputs": layer_inputs,
+        "working_activations": working,
+        "fsdp_gathered": gathered,
+        "dequant_buffer": dequant,
+        "runtime_overhead": overhead,
+    }
+    breakdown = {key: value / GIB for key, value in per_gpu.items()}
+    per_gpu_gib = sum(breakdown.values())
+    return MemoryPlan(
+        per_gpu_gib=per_gpu_gib,
+        total_gib=per_gpu_gib * gpus,
+        gpus=gpus,
+        sharding="fsdp",
+        breakdown_gib=breakdown,
+        layer_recompute_gib=layer_work / GIB,
+        logits_gib=loss / GIB,
+        parameters=model.total_parameters(),
+        lora_parameters=lora_params,
+        host_offload_gib_per_gpu=host_offload / GIB,
+    )
+
+
+def _chunked_loss_bytes(model: ModelDims, tokens: int, compute_bytes: int) -> float:
+    """Peak of the chunked loss: one chunk's logits (matmul output, fp32 copy, fp32 softmax turned into the
+    gradient) and the gradient of every token's final hidden state, which the loss keeps for backward."""
+    chunk = min(tokens, LOSS_CHUNK_TOKENS)
+    return float(chunk * model.vocab_size * (compute_bytes + 4 + 4) + tokens * model.hidden_size * compute_bytes)
 
 
 def _layer_activation_bytes_per_token(

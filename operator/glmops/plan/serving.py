@@ -77,6 +77,8 @@ SCRATCH_DIR = "/scratch"
 CONTAINER = "server"
 PORT_NAME = "http"
 DEFAULT_SLOTS = {Runtime.llamacpp: 4, Runtime.vllm: 8}
+VLLM_NO_TELEMETRY_ENV = ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
+"""Set to 1 in vLLM pods: either one stops vLLM's usage reporting (vllm.usage.usage_lib)."""
 PRESTOP_SLEEP_SECONDS = 10
 """A terminating pod keeps serving this long while Endpoints and kube-proxy drop it (no failed requests)."""
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -135,6 +137,8 @@ class ServingPlan:
     notes: tuple[str, ...] = ()
     setup: tuple[dict[str, Any], ...] = ()
     """Created once when absent, also while waiting: the cache claim and download Job of an hf:// model."""
+    mtp: bool = False
+    """Whether the vLLM replicas draft tokens with the model's MTP layer."""
 
     @property
     def runnable(self) -> bool:
@@ -161,18 +165,23 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
     if problems or resolution.waits or resolution.model is None:
         return ServingPlan(tuple(problems), resolution.waits, tuple(missing), resolution.model, notes=resolution.notes)
     model = resolution.model
-    memory, placement, sizing_problems = size_replica(spec, model, settings)
+    mtp = choose_mtp(spec, model)
+    if mtp.problem is not None:
+        problems.append(mtp.problem)
+    notes = resolution.notes + ((mtp.note,) if mtp.note else ())
+    memory, placement, sizing_problems = size_replica(spec, model, settings, mtp.enabled)
     problems += sizing_problems
     problems += _placement_problems(spec, placement, facts)
     if problems or missing:
-        return ServingPlan(tuple(problems), (), tuple(missing), model, memory, placement, notes=resolution.notes)
+        return ServingPlan(tuple(problems), (), tuple(missing), model, memory, placement, notes=notes, mtp=mtp.enabled)
     setup: tuple[dict[str, Any], ...] = ()
     if parse_uri(model.uri).scheme == "hf":
         hub = parse_hub_uri(model.uri)
         assert not isinstance(hub, str), "validated by resolve_source"
         download = plan_download(
-            meta.name, meta.namespace, meta.uid, model.uri, hub, weights(model, spec)[0], spec.source.credentials_secret, settings
-        )
+            meta.name, meta.namespace, meta.uid, model.uri, hub, weights(model, mtp.enabled)[0], spec.source.credentials_secret,
+            settings,
+        )  # fmt: skip
         setup = download.objects
         state = facts.downloads.get(download.job)
         where = "spec.source.uri" if spec.source.uri else "spec.source.fineTuneJob"
@@ -183,7 +192,7 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
                 f"{model.uri} is being downloaded once into PersistentVolumeClaim {download.claim} by Job {download.job}; "
                 "the replicas start when it is complete",
             )
-            return ServingPlan((), (wait,), (), model, memory, placement, notes=resolution.notes, setup=setup)
+            return ServingPlan((), (wait,), (), model, memory, placement, notes=notes, setup=setup, mtp=mtp.enabled)
         if state.startswith("failed"):
             failed = Problem(
                 Reason.model_download_failed,
@@ -191,21 +200,60 @@ def plan_serving(meta: DeploymentMeta, spec: ModelDeploymentSpec, facts: Serving
                 f"the download of {model.uri} (Job {download.job}) {state}; check the repository, revision and file, and "
                 "spec.source.credentialsSecret for gated models (kubectl logs job/" + download.job + ")",
             )
-            return ServingPlan((failed,), (), (), model, memory, placement, notes=resolution.notes, setup=setup)
+            return ServingPlan((failed,), (), (), model, memory, placement, notes=notes, setup=setup, mtp=mtp.enabled)
         model = replace(model, uri=download.local_uri, origin=model.uri)
     objects = (
         *setup,
         build_service(meta, settings),
-        build_deployment(meta, spec, model, memory, placement, settings),
+        build_deployment(meta, spec, model, memory, placement, settings, mtp.enabled),
     )
-    notes = resolution.notes
-    if spec.speculative_decoding is SpeculativeDecoding.mtp:
-        mtp_note = (
-            "MTP speculative decoding needs the checkpoint's MTP layer: the export keeps it when the base has one "
-            "but does not record it, so a checkpoint without it fails to start (see Degraded)"
+    return ServingPlan((), (), (), model, memory, placement, objects, notes, setup, mtp.enabled)
+
+
+@dataclass(frozen=True)
+class MtpChoice:
+    """Whether vLLM drafts with the model's MTP layer; a refusal or a note for the Resolved condition."""
+
+    enabled: bool
+    problem: Problem | None = None
+    note: str = ""
+
+
+def choose_mtp(spec: ModelDeploymentSpec, model: ResolvedModel) -> MtpChoice:
+    """MTP speculative decoding: on by default when the merged checkpoint recorded its MTP layer.
+
+    `speculativeDecoding: none` turns it off; `mtp` asks for it, which is refused when the export
+    recorded that the checkpoint has no MTP layer and allowed (with a warning) when nothing was
+    recorded (a uri source, an adapter's base, a job exported before the record existed).
+    """
+    if spec.runtime is not Runtime.vllm or spec.speculative_decoding is SpeculativeDecoding.none:
+        return MtpChoice(False)  # llama.cpp with mtp is refused by validate_spec
+    recorded = model.mtp_layers if model.kind is ArtifactKind.merged else None
+    kept = (
+        f"MTP speculative decoding on: FineTuneJob {model.job}'s merged checkpoint kept {recorded} MTP layer(s) "
+        "(set speculativeDecoding: none to turn it off)"
+    )
+    if spec.speculative_decoding is None:
+        return MtpChoice(True, note=kept) if recorded else MtpChoice(False)
+    if recorded == 0:
+        return MtpChoice(
+            False,
+            Problem(
+                Reason.mtp_layer_missing,
+                "spec.speculativeDecoding",
+                f"FineTuneJob {model.job}'s merged checkpoint has no MTP layer (its export recorded mtpLayers: 0: the "
+                "base checkpoint had none), and vLLM drafts with that layer; remove the field or set it to none",
+            ),
         )
-        notes += (mtp_note,)
-    return ServingPlan((), (), (), model, memory, placement, objects, notes, setup)
+    if recorded is None:
+        return MtpChoice(
+            True,
+            note=(
+                "MTP speculative decoding needs the checkpoint's MTP layer, and nothing records whether this one has "
+                "it: a checkpoint without it fails to start (see Degraded)"
+            ),
+        )
+    return MtpChoice(True, note=kept)
 
 
 # --- validation that needs no cluster ---------------------------------------------------------
@@ -259,7 +307,7 @@ def validate_spec(meta: DeploymentMeta, spec: ModelDeploymentSpec) -> list[Probl
                     "parallelism over gpusPerReplica)",
                 )
             )
-    elif spec.speculative_decoding is not SpeculativeDecoding.none:
+    elif spec.speculative_decoding is SpeculativeDecoding.mtp:
         problems.append(
             Problem(
                 Reason.field_not_for_runtime,
@@ -333,8 +381,8 @@ def model_uris(spec: ModelDeploymentSpec, model: ResolvedModel) -> list[tuple[st
 # --- sizing -----------------------------------------------------------------------------------
 
 
-def weights(model: ResolvedModel, spec: ModelDeploymentSpec) -> tuple[float, str]:
-    """Bytes of weights one replica loads, and where the figure comes from."""
+def weights(model: ResolvedModel, mtp: bool) -> tuple[float, str]:
+    """Bytes of weights one replica loads (`mtp`: with the MTP layer), and where the figure comes from."""
     dims = VARIANT_DIMS[model.variant]
     if model.kind is ArtifactKind.gguf:
         if model.size_bytes:
@@ -344,12 +392,14 @@ def weights(model: ResolvedModel, spec: ModelDeploymentSpec) -> tuple[float, str
         return gguf_weight_bytes(dims, quantization), (
             f"{quantization} at {GGUF_BITS_PER_WEIGHT[quantization]} bits per weight{assumed}"
         )
-    mtp = spec.speculative_decoding is SpeculativeDecoding.mtp
+    if model.kind is ArtifactKind.merged and model.size_bytes:
+        # What the export wrote (MTP layer included when kept): exact, and right for any dtype.
+        return float(model.size_bytes), "the merged checkpoint's recorded size"
     return bf16_weight_bytes(dims, with_mtp=mtp), "bf16 weights" + (" with the MTP layer" if mtp else "")
 
 
 def size_replica(
-    spec: ModelDeploymentSpec, model: ResolvedModel, settings: Settings
+    spec: ModelDeploymentSpec, model: ResolvedModel, settings: Settings, mtp: bool = False
 ) -> tuple[ServingMemory, ServingPlacement, list[Problem]]:
     """Memory, GPUs and GPU class of one replica; problems when the spec's own numbers cannot work."""
     problems: list[Problem] = []
@@ -367,21 +417,11 @@ def size_replica(
         )
     context = min(spec.context_length, max_context)
     slots = spec.parallel_slots or DEFAULT_SLOTS[spec.runtime]
-    weight_bytes, weights_from = weights(model, spec)
+    weight_bytes, weights_from = weights(model, mtp)
     lora_bytes = 0.0
     if model.adapters:
         rank = vllm_lora_rank(model.adapters)
-        if rank is None:
-            worst = max(model.adapters, key=lambda a: a.rank)
-            problems.append(
-                Problem(
-                    Reason.invalid_spec,
-                    "spec.adapters",
-                    f"the adapter of FineTuneJob {worst.job!r} has LoRA rank {worst.rank} (routed experts count twice), "
-                    "above vLLM's --max-lora-rank limit of 512; serve its merged weights instead",
-                )
-            )
-            rank = 512
+        assert rank is not None, "the API caps LoRA ranks at 512, vLLM's largest --max-lora-rank"
         targets = sorted({t for a in model.adapters for t in a.targets})
         lora_bytes = lora_buffer_bytes(dims, rank, targets, len(model.adapters))
 
@@ -553,8 +593,9 @@ def build_deployment(
     memory: ServingMemory,
     placement: ServingPlacement,
     settings: Settings,
+    mtp: bool = False,
 ) -> dict[str, Any]:
-    """The Deployment that runs the replicas, with its rollout strategy."""
+    """The Deployment that runs the replicas, with its rollout strategy (`mtp`: vLLM drafts with the MTP layer)."""
     port = settings.serving_container_port
     gpus = placement.gpus
     shm_gib = settings.vllm_shm_gi_b_per_gpu * gpus if spec.runtime is Runtime.vllm else 0
@@ -596,13 +637,19 @@ def build_deployment(
                 host=settings.serving_listen_host,
                 gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                 adapters=tuple((a, _path_in_pod(a.uri, settings)) for a in model.adapters),
-                mtp=spec.speculative_decoding is SpeculativeDecoding.mtp,
+                mtp=mtp,
                 extra_args=tuple(spec.extra_args),
             )
         )
         key_env = VLLM_API_KEY_ENV
-        # Models are local paths; never reach for the Hugging Face Hub from a serving pod.
-        env += [{"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
+        # Models are local paths; never reach for the Hugging Face Hub from a serving pod. And no
+        # usage report leaves the cluster: vLLM sends one to its maintainers unless told not to, and
+        # serving clusters are often air-gapped.
+        env += [
+            {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            *({"name": name, "value": "1"} for name in VLLM_NO_TELEMETRY_ENV),
+        ]
     if spec.api_key_secret:
         # By reference: the kubelet reads the Secret; the key is in no object glmops writes.
         env.append({"name": key_env, "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret, "key": API_KEY_SECRET_KEY}}})

@@ -1,8 +1,8 @@
 """Models on the Hugging Face Hub: downloaded once into a cache PVC that every replica mounts read-only. Pure.
 
-Serving pods never download: an `hf://ORG/NAME[@REVISION][/FILE]` model is fetched by one Job
-(`hf download`, in the trainer image, which ships huggingface_hub) into a PersistentVolumeClaim
-the ModelDeployment owns; the replicas then mount that claim read-only like any `pvc://` model.
+Serving pods never download: an `hf://ORG/NAME[@REVISION][/FILE]` model (the Hub's own form, read
+by glmops.contract.uris) is fetched by one Job (`hf download`, in the trainer image, which ships
+huggingface_hub) into a PersistentVolumeClaim the ModelDeployment owns; the replicas then mount that claim read-only like any `pvc://` model.
 Each URI gets its own claim and Job (named by a hash of the URI), so a new model is downloaded
 beside the one still serving; the old cache is deleted once the new version serves.
 """
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from glmops.api.common import API_VERSION
 from glmops.api.modeldeployment import KIND
+from glmops.contract.uris import UriError, UriRole, parse_uri
 from glmops.plan import names
 from glmops.plan.memory import GIB
 from glmops.plan.placement import container_security_context, pod_security_context
@@ -26,9 +26,6 @@ CACHE_LABEL = "glmops.io/model-cache"
 """Label of a ModelDeployment's cache claims and download Jobs; its value is the URI's hash."""
 CACHE_MOUNT = "/cache"
 MODEL_DIR = "model"
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FILE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$")
 
 
 @dataclass(frozen=True)
@@ -41,22 +38,15 @@ class HubModel:
     """A file inside the repository (a .gguf); None: the whole repository (a checkpoint)."""
 
 
-def parse_hub_uri(uri: str) -> HubModel | str:
-    """`hf://ORG/NAME[@REVISION][/PATH]`, or what is wrong with it."""
-    rest = uri.removeprefix("hf://").rstrip("/")
-    parts = rest.split("/")
-    if len(parts) < 2:
-        return f"{uri!r} names no repository: write hf://ORG/NAME[@REVISION][/FILE]"
-    name, _, revision = parts[1].partition("@")
-    repo = f"{parts[0]}/{name}"
-    file = "/".join(parts[2:]) or None
-    if not _REPO.match(repo):
-        return f"{repo!r} is not a Hugging Face repository id (ORG/NAME of letters, digits, '.', '_', '-')"
-    if revision and not _REVISION.match(revision):
-        return f"revision {revision!r}: letters, digits, '.', '_' and '-' only (a branch, tag or commit)"
-    if file is not None and (not _FILE.match(file) or ".." in file.split("/")):
-        return f"file {file!r}: a path inside the repository, without '..'"
-    return HubModel(repo, revision or None, file)
+def parse_hub_uri(uri: str, field: str = "spec.source.uri") -> HubModel | str:
+    """The repository, revision and file of an hf:// model URI (glmops.contract.uris), or what is wrong with it."""
+    try:
+        parsed = parse_uri(uri, field, UriRole.model)
+    except UriError as exc:
+        return str(exc)
+    if parsed.scheme != "hf" or parsed.repo_id is None:
+        return f"{field}: {uri!r} is not an hf:// model; write hf://ORG/NAME[@REVISION][/FILE]"
+    return HubModel(parsed.repo_id, parsed.revision, parsed.key or None)
 
 
 def uri_hash(uri: str) -> str:

@@ -46,6 +46,7 @@ VLLM_OWNED = frozenset(
         "--data-parallel-size", "-dp", "--data-parallel-size-local", "-dpl",
         "--max-model-len", "--max-num-seqs", "--gpu-memory-utilization", "--device-memory-utilization",
         "--enable-lora", "--no-enable-lora", "--lora-modules", "--max-lora-rank", "--max-loras",
+        "--enable-mixed-moe-lora-format", "--no-enable-mixed-moe-lora-format",
         "--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens",
         "--tool-call-parser", "--reasoning-parser", "--enable-auto-tool-choice", "--no-enable-auto-tool-choice",
     }
@@ -75,6 +76,13 @@ def owned_flag(argument: str, runtime: str) -> str | None:
                     return flag
         return None
     return name if name in VLLM_OWNED else None
+
+
+def kubelet_literal(argument: str) -> str:
+    """`argument` as the kubelet passes it on unchanged: it expands `$(NAME)` in a container's
+    args from the container's environment (`$$` is a literal `$`), so text from a spec, such as
+    extraArgs, could otherwise read the API key the environment holds."""
+    return argument.replace("$", "$$")
 
 
 def first_owned_flag(extra_args: Sequence[str], runtime: str) -> tuple[int, str, str] | None:
@@ -118,7 +126,7 @@ def llamacpp_args(a: LlamaCppArgs) -> list[str]:
     ]  # fmt: skip
     if a.threads is not None:
         args += ["--threads", str(a.threads)]
-    return [*args, *a.extra_args]
+    return [kubelet_literal(arg) for arg in [*args, *a.extra_args]]
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,28 @@ class VllmArgs:
 
 
 def vllm_lora_rank(adapters: Sequence[ServedAdapter]) -> int | None:
-    """The --max-lora-rank that holds every adapter (vLLM takes only some values); None above 512."""
+    """The --max-lora-rank that holds every adapter (vLLM takes only some values); None above 512.
+
+    An adapter's rank is its `r` also on the routed experts: the trainer attaches LoRA without
+    peft's v4 MoE conversion, so adapter_config.json has no rank_pattern doubling gate_up_proj,
+    and vLLM checks max(r, rank_pattern) (vllm.lora.peft_helper, 0.32).
+    """
     need = max((a.rank for a in adapters), default=0)
     return next((r for r in VLLM_LORA_RANKS if r >= need), None)
+
+
+def vllm_lora_module(adapter: ServedAdapter, path: str, base_name: str) -> str:
+    """One `--lora-modules` entry, in vLLM's JSON form.
+
+    The JSON form, not NAME=PATH: only it carries `is_3d_lora_weight`, which an adapter of the
+    fused routed experts (peft target_parameters, 3-D tensors) needs on GLM-4.7, whose experts vLLM
+    holds per expert ("contains fused 3D MoE weights ... but the model uses a 2D MoE LoRA wrapper"
+    otherwise); and vLLM reads any entry with a ',' in it as JSON anyway.
+    """
+    entry: dict[str, object] = {"name": adapter.name, "path": path, "base_model_name": base_name}
+    if adapter.fused_experts:
+        entry["is_3d_lora_weight"] = True
+    return json.dumps(entry, separators=(",", ":"))
 
 
 def vllm_args(a: VllmArgs) -> list[str]:
@@ -164,8 +191,12 @@ def vllm_args(a: VllmArgs) -> list[str]:
     if a.adapters:
         rank = vllm_lora_rank([adapter for adapter, _ in a.adapters])
         assert rank is not None, "validated: adapter ranks fit --max-lora-rank"
-        args += ["--enable-lora", "--lora-modules", *(f"{adapter.name}={path}" for adapter, path in a.adapters)]
+        args += ["--enable-lora"]
+        if any(adapter.fused_experts for adapter, _ in a.adapters):
+            # vLLM's 2-D expert LoRA wrapper for every adapter, converting 3-D ones as they load.
+            args += ["--enable-mixed-moe-lora-format"]
+        args += ["--lora-modules", *(vllm_lora_module(adapter, path, a.served_name) for adapter, path in a.adapters)]
         args += ["--max-lora-rank", str(rank), "--max-loras", str(len(a.adapters))]
     if a.mtp:
         args += ["--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": 1}, separators=(",", ":"))]
-    return [*args, *a.extra_args]
+    return [kubelet_literal(arg) for arg in [*args, *a.extra_args]]

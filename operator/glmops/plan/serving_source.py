@@ -82,8 +82,13 @@ class ServedAdapter:
     uri: str
     job: str
     rank: int
-    """The largest LoRA rank inside it (peft doubles it for the fused gate_up experts)."""
+    """Its LoRA rank (also per expert on the routed experts: the trainer's adapters have no rank_pattern)."""
     targets: tuple[str, ...]
+
+    @property
+    def fused_experts(self) -> bool:
+        """Whether it adapts the routed experts, stored as peft's fused 3-D tensors (vLLM: is_3d_lora_weight)."""
+        return "experts" in self.targets
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,10 @@ class ResolvedModel:
     adapters: tuple[ServedAdapter, ...] = ()
     origin: str | None = None
     """Where `uri` was downloaded from (hf://), when it is a cache."""
+    mtp_layers: int | None = None
+    """MTP layers a merged checkpoint kept, as its export recorded them; None when unknown."""
+    job: str | None = None
+    """The FineTuneJob the artifact comes from."""
 
     @property
     def served_names(self) -> list[str]:
@@ -236,7 +245,7 @@ def resolve_source(
                     name=entry.served_model_name,
                     uri=view.artifacts.adapter.uri.rstrip("/"),
                     job=view.name,
-                    rank=_effective_rank(view),
+                    rank=view.lora_rank,
                     targets=view.lora_targets,
                 )
             )
@@ -393,7 +402,10 @@ def _from_job(
             problems.append(_not_produced(f"{where}.artifact", view, "merged", recorded=True))
             return None
         merged = artifacts.merged
-        return ResolvedModel(kind, view.variant, merged.uri.rstrip("/"), merged.sha256, merged.size_bytes, None, spec.served_model_name)
+        return ResolvedModel(
+            kind, view.variant, merged.uri.rstrip("/"), merged.sha256, merged.size_bytes, None, spec.served_model_name,
+            mtp_layers=merged.mtp_layers, job=view.name,
+        )  # fmt: skip
     # adapter: the job's base model, with its adapter under servedModelName
     if artifacts.adapter is None:
         problems.append(_not_produced(f"{where}.artifact", view, "adapter", recorded=True))
@@ -414,7 +426,7 @@ def _from_job(
         name=spec.served_model_name,
         uri=artifacts.adapter.uri.rstrip("/"),
         job=view.name,
-        rank=_effective_rank(view),
+        rank=view.lora_rank,
         targets=view.lora_targets,
     )
     return ResolvedModel(
@@ -523,9 +535,6 @@ def _same_base(job_base: str, base: str) -> bool:
     return job_base.split("://", 1)[0] not in LOCAL_SCHEMES and base.split("://", 1)[0] in LOCAL_SCHEMES
 
 
-def _effective_rank(view: JobView) -> int:
-    # peft stores the fused gate_up_proj experts with twice the rank (export/adapter.py).
-    return view.lora_rank * 2 if "experts" in view.lora_targets else view.lora_rank
 
 
 def _not_produced(where: str, view: JobView, kind: str, recorded: bool = False) -> Problem:

@@ -18,7 +18,7 @@ from glmops.api.syntheticdataset import SecretKeySelector, SyntheticDatasetSpec
 from glmops.conditions import Reason
 from glmops.contract.config import POD_IP_ENV
 from glmops.contract.synthetic import TEACHER_API_KEY_ENV, GeneratorConfig, ToolExecution
-from glmops.contract.uris import parse_uri, pod_path
+from glmops.contract.uris import UriRole, parse_uri, pod_path
 from glmops.plan import names
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
 from glmops.plan.placement import container_security_context, pod_security_context
@@ -155,7 +155,7 @@ def validate_synthetic(meta: DatasetMeta, spec: SyntheticDatasetSpec, teacher: T
             )
         )  # fmt: skip
     for field_path, uri in (("spec.prompts", spec.prompts), ("spec.output", spec.output)):
-        claim = parse_uri(uri, field_path, ("pvc", "file")).claim
+        claim = parse_uri(uri, field_path, UriRole.dataset, ("pvc", "file")).claim
         if claim and claim not in facts.pvcs:
             problems.append(
                 Problem(
@@ -261,7 +261,7 @@ def build_generator_job(
     ]
     claims: dict[str, bool] = {}  # claim -> read-only; the prompts are read, the output written
     for field_path, uri, read_only in (("spec.prompts", spec.prompts, True), ("spec.output", spec.output, False)):
-        claim = parse_uri(uri, field_path, ("pvc", "file")).claim
+        claim = parse_uri(uri, field_path, UriRole.dataset, ("pvc", "file")).claim
         if claim:
             claims[claim] = claims.get(claim, True) and read_only
     for index, (claim, read_only) in enumerate(sorted(claims.items())):

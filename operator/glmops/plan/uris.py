@@ -5,6 +5,6 @@ Re-exported here so planner modules keep one import path; there is no second par
 
 from __future__ import annotations
 
-from glmops.contract.uris import StorageUri, UriError, join_uri, parse_uri, pod_path
+from glmops.contract.uris import StorageUri, UriError, UriRole, join_uri, parse_uri, pod_path
 
-__all__ = ["StorageUri", "UriError", "join_uri", "parse_uri", "pod_path"]
+__all__ = ["StorageUri", "UriError", "UriRole", "join_uri", "parse_uri", "pod_path"]

@@ -276,9 +276,15 @@ def _as_list(value: Any) -> list[str]:
 def adapter_manifest(
     base_model: str, base_config: Mapping[str, Any], adapter_config: Mapping[str, Any], deltas: AdapterDeltas
 ) -> dict[str, Any]:
-    """The manifest written beside the adapter: what it adapts and whether vLLM can serve it as a LoRA."""
+    """The manifest written beside the adapter: what it adapts and how vLLM loads it as a LoRA.
+
+    LoRA on the routed experts is stored as peft's fused 3-D tensors; vLLM holds GLM-4.7's experts
+    per expert (2-D), and loads such an adapter only with `--enable-mixed-moe-lora-format` and
+    `is_3d_lora_weight: true` in its `--lora-modules` entry (checked with vLLM 0.32).
+    """
     architectures = base_config.get("architectures") or []
-    vllm_ok = not deltas.experts
+    fused = bool(deltas.experts)
+    flags = "--enable-lora --max-lora-rank R" + (" --enable-mixed-moe-lora-format" if fused else "")
     return {
         "baseModel": base_model,
         "architecture": architectures[0] if architectures else None,
@@ -288,10 +294,11 @@ def adapter_manifest(
         "targetGroups": target_groups(deltas),
         "targetModules": _as_list(adapter_config.get("target_modules")),
         "targetParameters": _as_list(adapter_config.get("target_parameters")),
-        "vllmLoadable": vllm_ok,
+        "fusedExpertLora": fused,
+        "vllmLoadable": True,
         "vllmNote": (
-            "vLLM can load this adapter with --enable-lora (it adapts no routed experts)"
-            if vllm_ok
-            else "vLLM has no LoRA on fused MoE experts and this adapter adapts routed experts: serve the merged weights"
+            f"vLLM 0.32 on GPUs serves it with {flags} and a --lora-modules entry "
+            + ('{"name": ..., "path": ..., "is_3d_lora_weight": true} (LoRA on the fused routed experts)' if fused else "NAME=PATH")
+            + "; vLLM's CPU build cannot serve LoRA on MoE models: serve the merged weights there"
         ),
     }

@@ -37,7 +37,9 @@ def _llama_cpp_dir(tree: Path | None) -> Path:
         return tree
     from glmops_trainer.llamacpp_src import llama_cpp_source_dir
 
-    return llama_cpp_source_dir()
+    # The export runs in pods: it uses the tree the image (or the build script) provides and
+    # never downloads one.
+    return llama_cpp_source_dir(fetch=False)
 
 
 def converter_env(tree: Path) -> dict[str, str]:

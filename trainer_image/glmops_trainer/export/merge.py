@@ -11,7 +11,10 @@ The output always uses the original per-expert layout (`mlp.experts.{i}.gate_pro
 down_proj.weight`) that the released GLM-4.7 checkpoints, vLLM and llama.cpp's converter use;
 fused input (`mlp.experts.gate_up_proj` / `down_proj`, as transformers 5 holds them in memory) is
 split per expert. Tensors of the MTP (next-token prediction) layers, which transformers does not
-load and LoRA therefore never touches, are copied unchanged so speculative decoding keeps working.
+load and LoRA therefore never touches, are copied unchanged so speculative decoding keeps working;
+`MergeResult.mtp_layers` says how many complete MTP layers the merged checkpoint holds, and
+config.json's `num_nextn_predict_layers` is lowered to that number when the base declared more than
+it had (a checkpoint re-saved by transformers 5 loses them), so no server looks for missing layers.
 Tokenizer, chat template and generation config are copied; config.json gets the keys llama.cpp's
 converter needs (see `fix_config_for_llama_cpp`).
 """
@@ -76,6 +79,8 @@ class MergeResult:
     """Output tensors that received a LoRA delta."""
     mtp_tensors: list[str] = field(default_factory=list)
     """Tensors of MTP layers (index >= num_hidden_layers), copied unchanged."""
+    mtp_layers: int = 0
+    """MTP layers the merged checkpoint holds and its config.json declares (what vLLM's MTP drafts with)."""
     split_fused: int = 0
     """Fused expert tensors of the input that were split per expert."""
 
@@ -130,6 +135,27 @@ def fix_config_for_llama_cpp(config: dict[str, Any]) -> dict[str, Any]:
         fixed["first_k_dense_replace"] = leading
     fixed.setdefault("scoring_func", "sigmoid")
     return fixed
+
+
+_MTP_PARTS = ("eh_proj.weight", "enorm.weight", "hnorm.weight")
+"""Tensors only an MTP layer has (with its attention and MLP): a layer without them cannot draft."""
+
+
+def count_mtp_layers(mtp_tensors: list[str], config: Mapping[str, Any]) -> int:
+    """How many MTP layers vLLM can draft with: those the config declares that are present in full.
+
+    MTP layer k is `model.layers.{num_hidden_layers + k}`; it counts when its projection of the
+    embedding and hidden state (`eh_proj`) and both norms are there.
+    """
+    first = int(config["num_hidden_layers"])
+    declared = int(config.get("num_nextn_predict_layers") or 0)
+    present = set(mtp_tensors)
+    count = 0
+    for layer in range(first, first + declared):
+        if not all(f"model.layers.{layer}.{part}" in present for part in _MTP_PARTS):
+            break
+        count += 1
+    return count
 
 
 def _layer_index(key: str) -> int | None:
@@ -339,16 +365,28 @@ def merge_lora_streaming(
             if layer is not None and layer >= planner.num_hidden_layers:
                 result.mtp_tensors.append(source.spec.name)
 
+    result.mtp_layers = count_mtp_layers(result.mtp_tensors, base_config)
+    config = fix_config_for_llama_cpp(base_config)
+    declared = int(base_config.get("num_nextn_predict_layers") or 0)
+    if result.mtp_layers < declared:
+        log.warning(
+            "%s declares %d MTP layer(s) but holds %d; the merged config.json says %d",
+            base_dir / "config.json",
+            declared,
+            result.mtp_layers,
+            result.mtp_layers,
+        )
+        config["num_nextn_predict_layers"] = result.mtp_layers
+
     if len(shards) > 1 or (base_dir / INDEX_NAME).is_file():
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         data = (json.dumps(index, indent=2) + "\n").encode("utf-8")
         result.files.append(store.write_bytes(out_dir / INDEX_NAME, data))
-    result.files.extend(
-        copy_model_side_files(base_dir, out_dir, store, fix_config_for_llama_cpp(base_config))
-    )
+    result.files.extend(copy_model_side_files(base_dir, out_dir, store, config))
     log.info(
-        "merged %d tensors (%d MTP tensors kept, %d fused expert tensors split) into %s",
+        "merged %d tensors (%d MTP layer(s) of %d tensors kept, %d fused expert tensors split) into %s",
         len(result.merged_tensors),
+        result.mtp_layers,
         len(result.mtp_tensors),
         result.split_fused,
         out_dir,

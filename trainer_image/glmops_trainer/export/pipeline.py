@@ -7,7 +7,7 @@ Layout of the output folder (`output.destination`):
     adapter/            peft's adapter files + glmops-adapter.json            (format adapter)
     merged/             merged checkpoint, per-expert layout, MTP kept          (format merged)
     gguf/<Q>/           <job>-<Q>.gguf and its Ollama Modelfile                 (format gguf / modelfile)
-    artifacts.json      the manifest, written last
+    artifacts.json      the manifest, written last (its `merged` entry: folder, size, MTP layers kept)
     .export-journal.jsonl, .export-work/   bookkeeping for retries (work files are deleted at the end)
 
 Each step publishes through `ArtifactStore` (temporary names, renames, journal), so a crash leaves
@@ -32,7 +32,13 @@ from glmops_trainer.export.adapter import (
     read_adapter_config,
 )
 from glmops_trainer.export.gguf import check_gguf, convert_to_gguf, outtype_for
-from glmops_trainer.export.merge import MergeError, merge_lora_streaming, read_base_config, remove_tree
+from glmops_trainer.export.merge import (
+    MergeError,
+    MergeResult,
+    merge_lora_streaming,
+    read_base_config,
+    remove_tree,
+)
 from glmops_trainer.export.modelfile import read_generation_config, render_modelfile
 from glmops_trainer.export.publish import Artifact, ArtifactStore, FileRecord
 from glmops_trainer.export.quantize import quantize_gguf
@@ -87,6 +93,21 @@ def _publish_adapter(
     return [store.artifact(record, "adapter", base_model) for record in records]
 
 
+def merged_entry(store: ArtifactStore, result: MergeResult) -> dict[str, Any]:
+    """The manifest's `merged` entry: the folder, its size, and how many MTP layers it kept.
+
+    `mtpLayers` > 0 tells a server that the checkpoint can draft tokens with its own MTP layer
+    (vLLM's `--speculative-config {"method": "mtp", ...}`); the operator records the entry in the
+    FineTuneJob's status.artifacts.merged and the serving planner turns MTP on from it.
+    """
+    return {
+        "path": store.relative(result.out_dir),
+        "uri": join_uri(store.uri_base, store.relative(result.out_dir)),
+        "sizeBytes": sum(record.size_bytes for record in result.files),
+        "mtpLayers": result.mtp_layers,
+    }
+
+
 def _gguf_name(config: TrainerConfig, quantization: str) -> str:
     return f"{config.job.name}-{quantization}.gguf"
 
@@ -111,11 +132,13 @@ def export_artifacts(
         artifacts += _publish_adapter(store, adapter_dir, base_model, base_config)
 
     work = output_dir / WORK_DIR
+    merged_summary: dict[str, Any] | None = None
     if OutputFormat.merged in formats or OutputFormat.gguf in formats:
         merged_dir = output_dir / "merged" if OutputFormat.merged in formats else work / "merged"
         result = merge_lora_streaming(base_dir, adapter_dir, merged_dir, store)
         if OutputFormat.merged in formats:
             artifacts += [store.artifact(record, "merged", base_model) for record in result.files]
+            merged_summary = merged_entry(store, result)
         if OutputFormat.gguf in formats:
             artifacts += _export_gguf(config, store, merged_dir, work, base_model)
 
@@ -130,6 +153,8 @@ def export_artifacts(
         "architecture": (base_config.get("architectures") or [None])[0],
         "modelType": base_config.get("model_type"),
     }
+    if merged_summary is not None:
+        extra["merged"] = merged_summary
     manifest = store.write_manifest(artifacts, extra)
     log.info("export complete: %d files listed in %s", len(artifacts), store.manifest_path)
     return manifest
@@ -197,7 +222,13 @@ def artifact_summary(manifest: dict[str, Any], destination: str) -> dict[str, An
         if artifact.get("format") == "adapter":
             summary["adapter"] = join_uri(destination, ADAPTER_DIR)
         elif artifact.get("format") == "merged":
-            summary["merged"] = join_uri(destination, "merged")
+            # The manifest's merged entry (uri, size, MTP layers kept); the folder alone from older exports.
+            entry = manifest.get("merged")
+            summary["merged"] = (
+                {k: entry[k] for k in ("uri", "sizeBytes", "mtpLayers") if k in entry}
+                if isinstance(entry, dict)
+                else join_uri(destination, "merged")
+            )
         elif artifact.get("format") == "gguf":
             summary.setdefault("gguf", []).append(
                 {k: artifact.get(k) for k in ("quantization", "uri", "sizeBytes", "sha256")}

@@ -11,10 +11,14 @@ Design, in three parts:
    bitsandbytes' blockwise NF4 (blocks of 64 values within one expert) and double-quantized
    statistics: the fp32 absmax of every block is stored as 8 bits (blocks of 256, an fp32 scale
    per 256 and an fp32 offset per expert), which is what bitsandbytes' `compress_statistics` does.
-   Per weight `W` the module holds `W` itself as a frozen uint8 parameter (E, O*I/2) - the name
-   is kept on purpose, so that peft's `target_parameters` (which matches registered parameters by
-   name) finds it - and the buffers `W_absmax` (uint8), `W_absmax_scale`, `W_absmax_offset`.
-   That is about 0.516 bytes per parameter. The bf16 tensors are dropped.
+   Everything one expert needs is packed into one row of bytes, and per weight `W` the module holds
+   a single frozen uint8 parameter `W` of shape (E, row bytes) - the name is kept on purpose, so
+   that peft's `target_parameters` (which matches registered parameters by name) finds it. A row is
+   `codes | absmax (uint8) | absmax scales (fp32) | absmax offset (fp32)` (`ExpertRowLayout`).
+   One parameter with the experts along dim 0 is what FSDP2's `fully_shard` shards (it splits
+   each parameter along dim 0 and leaves buffers whole), so under FSDP every rank stores only its
+   experts' codes *and* statistics. That is about 0.516 bytes per parameter. The bf16 tensors are
+   dropped.
 
 2. Compute. `forward` follows transformers' eager experts loop but only visits experts that got
    tokens and dequantizes one expert at a time inside an autograd Function that saves no
@@ -72,39 +76,84 @@ def dense_experts_classes() -> tuple[type[nn.Module], ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Packed:
-    packed: torch.Tensor  # uint8 (E, n/2): two NF4 codes per byte
-    absmax: torch.Tensor  # uint8 (E, nb_padded): 8-bit block absmax
-    absmax_scale: torch.Tensor  # fp32 (E, nb_padded / 256)
-    absmax_offset: torch.Tensor  # fp32 (E,)
+class ExpertRowLayout:
+    """Byte layout of one expert's row: NF4 codes, 8-bit block absmax, fp32 absmax scales, fp32 offset.
+
+    Every section starts at a multiple of 4 bytes, so the fp32 parts are read as views of the row.
+    """
+
+    rows: int
+    cols: int
+
+    @property
+    def values(self) -> int:
+        """Weight values of one expert (rows * cols)."""
+        return self.rows * self.cols
+
+    @property
+    def blocks(self) -> int:
+        """NF4 blocks of one expert."""
+        return self.values // NF4_BLOCKSIZE
+
+    @property
+    def padded_blocks(self) -> int:
+        """Blocks rounded up to whole absmax blocks, so absmax blocks never straddle two experts."""
+        return -(-self.blocks // ABSMAX_BLOCKSIZE) * ABSMAX_BLOCKSIZE
+
+    @property
+    def absmax_at(self) -> int:
+        return self.values // 2
+
+    @property
+    def scale_at(self) -> int:
+        return self.absmax_at + self.padded_blocks
+
+    @property
+    def offset_at(self) -> int:
+        return self.scale_at + 4 * (self.padded_blocks // ABSMAX_BLOCKSIZE)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one expert's row."""
+        return self.offset_at + 4
+
+    def check(self) -> None:
+        """Raise ValueError unless the weight can be stored in NF4 blocks."""
+        if self.values % NF4_BLOCKSIZE:
+            raise ValueError(
+                f"expert weight of {self.rows}x{self.cols} values per expert is not a multiple of the NF4 "
+                f"block size {NF4_BLOCKSIZE}; this architecture cannot use 4-bit experts (use method lora)"
+            )
 
 
-def _quantize_stack(dense: torch.Tensor) -> _Packed:
-    """NF4-quantize an (E, O, I) stack; blocks never straddle two experts."""
+def quantize_expert_rows(dense: torch.Tensor) -> torch.Tensor:
+    """NF4-quantize an (E, O, I) stack into (E, row bytes) uint8 rows; experts are quantized independently.
+
+    Blocks never straddle two experts, so the rows of any subset of experts are the same bytes as
+    those experts' rows of the whole stack (the sharded loader quantizes only its own experts).
+    """
     experts, rows, cols = dense.shape
-    per_expert = rows * cols
-    if per_expert % NF4_BLOCKSIZE:
-        raise ValueError(
-            f"expert weight of shape {tuple(dense.shape)}: {rows}x{cols} values per expert is not a multiple of "
-            f"the NF4 block size {NF4_BLOCKSIZE}; this architecture cannot use 4-bit experts (use method lora)"
-        )
+    layout = ExpertRowLayout(rows, cols)
+    layout.check()
     flat = dense.detach().contiguous().reshape(-1)
     packed, state = bnbf.quantize_4bit(
         flat, blocksize=NF4_BLOCKSIZE, compress_statistics=False, quant_type="nf4"
     )
-    blocks = per_expert // NF4_BLOCKSIZE
-    absmax = state.absmax.reshape(experts, blocks).float()
+    absmax = state.absmax.reshape(experts, layout.blocks).float()
     offset = absmax.mean(dim=1)
     centered = absmax - offset[:, None]
-    padded_blocks = -(-blocks // ABSMAX_BLOCKSIZE) * ABSMAX_BLOCKSIZE
-    if padded_blocks != blocks:
-        centered = torch.nn.functional.pad(centered, (0, padded_blocks - blocks))
+    if layout.padded_blocks != layout.blocks:
+        centered = torch.nn.functional.pad(centered, (0, layout.padded_blocks - layout.blocks))
     qabsmax, state2 = bnbf.quantize_blockwise(centered.reshape(-1).contiguous(), blocksize=ABSMAX_BLOCKSIZE)
-    return _Packed(
-        packed=packed.reshape(experts, per_expert // 2),
-        absmax=qabsmax.reshape(experts, padded_blocks),
-        absmax_scale=state2.absmax.reshape(experts, padded_blocks // ABSMAX_BLOCKSIZE).float(),
-        absmax_offset=offset,
+    scales = state2.absmax.reshape(experts, layout.padded_blocks // ABSMAX_BLOCKSIZE).float()
+    return torch.cat(
+        [
+            packed.reshape(experts, layout.absmax_at),
+            qabsmax.reshape(experts, layout.padded_blocks),
+            scales.contiguous().view(torch.uint8),
+            offset.reshape(experts, 1).contiguous().view(torch.uint8),
+        ],
+        dim=1,
     )
 
 
@@ -148,11 +197,26 @@ class NF4Experts(nn.Module):
             "gate_up_proj": (num_experts, 2 * intermediate_dim, hidden_dim),
             "down_proj": (num_experts, hidden_dim, intermediate_dim),
         }
+        self.layouts = {name: ExpertRowLayout(*shape[1:]) for name, shape in self.shapes.items()}
         self._lora: dict[str, list[LoraFactors]] = {name: [] for name in EXPERT_WEIGHT_NAMES}
         # Until `load_dense_` fills them, the weights are meta placeholders of the dense shape, so that
         # transformers' loader sees the checkpoint keys it expects while it streams the tensors in.
         for name in EXPERT_WEIGHT_NAMES:
             placeholder = torch.empty(self.shapes[name], dtype=compute_dtype, device="meta")
+            self.register_parameter(name, nn.Parameter(placeholder, requires_grad=False))
+
+    def packed_shape(self, name: str) -> tuple[int, int]:
+        """Shape of the 4-bit storage of weight `name`: (experts, row bytes)."""
+        return (self.num_experts, self.layouts[name].row_bytes)
+
+    def use_packed_placeholders_(self) -> None:
+        """Replace the dense-shaped placeholders by meta tensors of the packed shape.
+
+        The sharded loader builds the model on the meta device and lets FSDP shard the packed rows
+        before any byte exists; `fill_rows_` then writes each rank's experts.
+        """
+        for name in EXPERT_WEIGHT_NAMES:
+            placeholder = torch.empty(self.packed_shape(name), dtype=torch.uint8, device="meta")
             self.register_parameter(name, nn.Parameter(placeholder, requires_grad=False))
 
     @classmethod
@@ -184,37 +248,37 @@ class NF4Experts(nn.Module):
             raise KeyError(f"{name}: NF4Experts holds only {EXPERT_WEIGHT_NAMES}")
         if tuple(dense.shape) != self.shapes[name]:
             raise ValueError(f"{name}: expected shape {self.shapes[name]}, got {tuple(dense.shape)}")
-        packed = _quantize_stack(dense)
+        rows = quantize_expert_rows(dense)
         # Replacing the parameter (not copying into it) frees the placeholder; the caller drops the dense tensor.
-        self.register_parameter(name, nn.Parameter(packed.packed, requires_grad=False))
-        self.register_buffer(f"{name}_absmax", packed.absmax)
-        self.register_buffer(f"{name}_absmax_scale", packed.absmax_scale)
-        self.register_buffer(f"{name}_absmax_offset", packed.absmax_offset)
+        self.register_parameter(name, nn.Parameter(rows, requires_grad=False))
 
     def is_loaded(self) -> bool:
-        """True once both weights hold 4-bit data (not the meta placeholders)."""
-        return all(getattr(self, name).dtype == torch.uint8 for name in EXPERT_WEIGHT_NAMES)
+        """True once both weights hold 4-bit rows on a real device (not the meta placeholders)."""
+        return all(
+            getattr(self, name).dtype == torch.uint8 and getattr(self, name).device.type != "meta"
+            for name in EXPERT_WEIGHT_NAMES
+        )
 
     def dequantize_expert(self, name: str, expert: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense (O, I) weight of one expert, dequantized from NF4."""
-        _, rows, cols = self.shapes[name]
-        blocks = rows * cols // NF4_BLOCKSIZE
+        layout = self.layouts[name]
+        row = getattr(self, name)[expert]
         absmax = (
             bnbf.dequantize_blockwise(
-                getattr(self, f"{name}_absmax")[expert],
-                absmax=getattr(self, f"{name}_absmax_scale")[expert],
+                row[layout.absmax_at : layout.scale_at],
+                absmax=row[layout.scale_at : layout.offset_at].view(torch.float32),
                 blocksize=ABSMAX_BLOCKSIZE,
-            )[:blocks]
-            + getattr(self, f"{name}_absmax_offset")[expert]
+            )[: layout.blocks]
+            + row[layout.offset_at : layout.row_bytes].view(torch.float32)
         )
         state = bnbf.QuantState(  # type: ignore[no-untyped-call]
             absmax=absmax.float().contiguous(),
-            shape=torch.Size((rows, cols)),
+            shape=torch.Size((layout.rows, layout.cols)),
             blocksize=NF4_BLOCKSIZE,
             quant_type="nf4",
             dtype=dtype or self.compute_dtype,
         )
-        return bnbf.dequantize_4bit(getattr(self, name)[expert], state)
+        return bnbf.dequantize_4bit(row[: layout.absmax_at], state)
 
     def dequantize(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The whole dense (E, O, I) stack of `name` (for export and tests; training never builds it)."""

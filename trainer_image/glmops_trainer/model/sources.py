@@ -14,12 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from glmops.contract.uris import MODEL_SCHEMES, Scheme, UriError, parse_uri
+from glmops.contract.uris import Scheme, UriError, UriRole, parse_uri
 
 SOURCE_FIELD = "spec.model.source"
 """The FineTuneJob field users write the source in; errors name it."""
-
-
 
 class ModelSourceError(ValueError):
     """The model source is malformed, missing, or cannot be fetched; the message says how to fix it."""
@@ -33,16 +31,20 @@ class ModelSource:
     location: str
     """file: absolute path; pvc: CLAIM/PATH; hf: ORG/NAME; s3: BUCKET/KEY."""
     revision: str | None = None
-    """hf:// only: branch, tag or commit after '@'."""
+    """hf:// only: branch, tag or commit (decoded: `feature/x`, `refs/pr/3`)."""
+    path_in_repo: str = ""
+    """hf:// only: the folder inside the repository that holds the checkpoint; empty for its root."""
 
 
 def parse_model_source(uri: str, field: str = SOURCE_FIELD) -> ModelSource:
-    """Parse `uri` with the shared URI grammar (glmops.contract.uris), or raise ModelSourceError naming `field`."""
+    """Parse `uri` as a model location of the shared URI grammar (glmops.contract.uris), or raise ModelSourceError naming `field`."""
     try:
-        parsed = parse_uri(uri, field, MODEL_SCHEMES)
+        parsed = parse_uri(uri, field, UriRole.model)
     except UriError as exc:
         raise ModelSourceError(str(exc)) from None
-    return ModelSource(parsed.scheme, parsed.location, parsed.revision)
+    if parsed.scheme == "hf":
+        return ModelSource("hf", parsed.authority, parsed.revision, parsed.key)
+    return ModelSource(parsed.scheme, parsed.location)
 
 
 def resolve_model_source(
@@ -95,13 +97,16 @@ def _download_hf(source: ModelSource, uri: str, cache_dir: Path, token_env: str,
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     token = os.environ.get(token_env) or None
+    # Only what a checkpoint needs; inside `path_in_repo` when the checkpoint is a folder of the repository.
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"]
+    folder = f"{source.path_in_repo}/" if source.path_in_repo else ""
     try:
         local = snapshot_download(
             repo_id=source.location,
             revision=source.revision,
             cache_dir=str(cache_dir),
             token=token,
-            allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.py"],
+            allow_patterns=[folder + p for p in patterns],
         )
     except GatedRepoError:
         raise ModelSourceError(
@@ -120,7 +125,7 @@ def _download_hf(source: ModelSource, uri: str, cache_dir: Path, token_env: str,
             f"{field}: downloading {uri} failed ({type(exc).__name__}); check network access to the Hub "
             f"and the token in ${token_env}"
         ) from None
-    return _existing_model_dir(Path(local), uri, field)
+    return _existing_model_dir(Path(local) / source.path_in_repo, uri, field)
 
 
 def _download_s3(source: ModelSource, uri: str, cache_dir: Path, field: str) -> Path:
