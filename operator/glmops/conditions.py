@@ -22,6 +22,7 @@ class ConditionType(StrEnum):
     degraded = "Degraded"  # ModelDeployment: something needs attention although it may still serve
     resolved = "Resolved"  # ModelDeployment: the artifact to serve is known and usable
     nodes_fit = "NodesFit"  # FineTuneJob: whether nodes that can hold the pods exist (placementCheck advisory)
+    teacher_ready = "TeacherReady"  # SyntheticDataset: the teacher answers (a ModelDeployment is Ready), checked before generating
 
 
 class Reason(StrEnum):
@@ -83,6 +84,15 @@ class Reason(StrEnum):
     container_failing = "ContainerFailing"
     deployment_missing = "DeploymentMissing"
     healthy = "Healthy"
+    # synthetic data: a SyntheticDataset's teacher and generator, and FineTuneJobs that train on one
+    teacher_not_found = "TeacherNotFound"
+    teacher_not_ready = "TeacherNotReady"
+    teacher_ready = "TeacherReady"
+    generating = "Generating"
+    generator_job_deleted = "GeneratorJobDeleted"
+    synthetic_dataset_not_found = "SyntheticDatasetNotFound"
+    synthetic_dataset_not_ready = "SyntheticDatasetNotReady"
+    synthetic_dataset_failed = "SyntheticDatasetFailed"
 
 
 def set_condition(

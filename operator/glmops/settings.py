@@ -75,6 +75,12 @@ class Settings:
     """Memory of an export pod beyond (largest base shard + adapter) x export_memory_headroom: interpreter, libraries, llama.cpp."""
     export_memory_headroom: float = 1.5
     """Factor on the largest base shard plus the adapter, which the streaming merge holds at once."""
+    generator_cpu: str = "1"
+    """CPU request of a SyntheticDataset's generator pod (it only sends requests and writes JSONL)."""
+    generator_memory: str = "1Gi"
+    """Memory of a generator pod (the journal's samples are held for deduplication at the end)."""
+    generator_metrics_port: int = 9464
+    """Port of the generator's progress endpoint (`/metrics` on the pod IP), which the operator scrapes."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from glmops.api.common import LABEL_VALUE_PATTERN
 from glmops.cli.main import main as glmops_main
-from glmops.contract.uris import UriRole, pattern
+from glmops.contract.uris import UriRole, finetune_dataset_pattern, pattern
 from glmops.crdgen import KINDS, SchemaError, build_crd, stale_crds, to_structural
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,8 @@ def test_finetunejob_schema_details() -> None:
     assert spec["properties"]["training"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     # Every URI field's pattern is its role's, from the one grammar.
     assert spec["properties"]["model"]["properties"]["source"]["pattern"] == pattern(UriRole.model)
-    assert spec["properties"]["dataset"]["properties"]["source"]["pattern"] == pattern(UriRole.dataset)
+    # a dataset file, or synthetic://NAME (a SyntheticDataset in the namespace)
+    assert spec["properties"]["dataset"]["properties"]["source"]["pattern"] == finetune_dataset_pattern()
     assert spec["properties"]["output"]["properties"]["destination"]["pattern"] == pattern(UriRole.output)
     node_selector = spec["properties"]["resources"]["properties"]["nodeSelector"]
     assert node_selector["additionalProperties"] == {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}

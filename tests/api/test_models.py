@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from glmops.api.defaults import VARIANT_DEFAULTS, default_gpus_per_node, resolve_training
 from glmops.api.finetunejob import FineTuneJob, FineTuneJobSpec, LoraTarget, Method, Variant
 from glmops.api.modeldeployment import ModelDeployment, ModelDeploymentSpec
+from glmops.api.syntheticdataset import SyntheticDataset
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -28,7 +29,7 @@ def _spec(**overrides: object) -> dict:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_parse(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
-    model = {"FineTuneJob": FineTuneJob, "ModelDeployment": ModelDeployment}[doc["kind"]]
+    model = {"FineTuneJob": FineTuneJob, "ModelDeployment": ModelDeployment, "SyntheticDataset": SyntheticDataset}[doc["kind"]]
     parsed = model.model_validate(doc)
     # What we would write back is what the user wrote, plus defaults (no renamed keys).
     wire = parsed.spec.to_wire()

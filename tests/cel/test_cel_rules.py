@@ -26,6 +26,7 @@ pytestmark = pytest.mark.cluster  # needs a built server, like the control plane
 GROUP_VERSION = "glmops.io/v1alpha1"
 FTJ_PATH = f"/apis/{GROUP_VERSION}/namespaces/{NAMESPACE}/finetunejobs"
 MDEP_PATH = f"/apis/{GROUP_VERSION}/namespaces/{NAMESPACE}/modeldeployments"
+SDS_PATH = f"/apis/{GROUP_VERSION}/namespaces/{NAMESPACE}/syntheticdatasets"
 MERGE_PATCH = "application/merge-patch+json"
 
 TESTED: set[tuple[str, str, str]] = set()
@@ -332,6 +333,9 @@ for _kind, _where in TOLERATIONS:
         ({"dataset": {"source": "s3://ML_Data/train.jsonl"}}, False),  # not a bucket name
         ({"dataset": {"source": "hf://zai-org/agent-traces"}}, False),  # a repository, not a file of a dataset
         ({"dataset": {"source": "hf://datasets/zai-org/agent-traces"}}, False),
+        ({"dataset": {"source": "synthetic://payments-synth"}}, True),  # a SyntheticDataset's output
+        ({"dataset": {"source": "synthetic://payments-synth/train.jsonl"}}, False),
+        ({"dataset": {"source": "synthetic://Payments"}}, False),
         # The Hub's own form: revision after the name, '/' in a branch encoded, special refs as they are.
         ({"dataset": {"source": "hf://datasets/zai-org/agent-traces@feature%2Fclean/data/train.jsonl"}}, True),
         ({"dataset": {"source": "hf://datasets/zai-org/agent-traces@refs/pr/3/train.jsonl"}}, True),
@@ -399,3 +403,71 @@ def test_the_apiserver_reads_every_uri_pattern_as_the_parser_does(apiext: Apiext
     except UriError:
         parsed = False
     assert (response.status == 201) is parsed, (uri, role, response.message)
+
+
+# ---- SyntheticDataset: one teacher, a .jsonl output that is not the prompts, turns need fixtures, immutable ----
+
+
+def _sds(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "teacher": {"modelDeployment": "glm47-teacher"},
+        "prompts": "pvc://datasets/payments/prompts.jsonl",
+        "output": "pvc://datasets/payments/synthetic.jsonl",
+    }
+    spec.update(copy.deepcopy(spec_overrides))
+    return {"apiVersion": GROUP_VERSION, "kind": "SyntheticDataset", "metadata": {"name": f"sds-{next(_names)}"}, "spec": spec}
+
+
+ONE_TEACHER = "has(self.modelDeployment) != has(self.url)"
+JSONL_OUTPUT = "self.output.endsWith('.jsonl')"
+OUTPUT_NOT_PROMPTS = "self.output != self.prompts"
+TURNS_NEED_FIXTURES = "self.maxTurns == 1 || self.toolExecution == 'fixtures'"
+
+
+@covers("SyntheticDataset", "spec.teacher", ONE_TEACHER)
+@pytest.mark.parametrize(
+    ("teacher", "accepted"),
+    [
+        ({"modelDeployment": "glm47-teacher"}, True),
+        ({"url": "http://glm47.inference.svc:8000/v1", "apiKeySecret": {"name": "teacher-key"}}, True),
+        ({"modelDeployment": "glm47-teacher", "url": "http://glm47.inference.svc:8000/v1"}, False),
+        ({"model": "zai-org/GLM-4.7"}, False),
+    ],
+)
+def test_a_dataset_names_exactly_one_teacher(apiext: ApiextServer, teacher: dict[str, Any], accepted: bool) -> None:
+    response = _create(apiext, SDS_PATH, _sds(teacher=teacher))
+    if accepted:
+        assert response.status == 201, response.message
+    else:
+        _refused_by(response, "spec.teacher", message_of("SyntheticDataset", "spec.teacher", ONE_TEACHER))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "rule"),
+    [
+        ({"output": "pvc://datasets/payments/synthetic.json"}, "spec.output", JSONL_OUTPUT),
+        ({"output": "pvc://datasets/payments/prompts.jsonl"}, "spec.output", OUTPUT_NOT_PROMPTS),
+        ({"maxTurns": 4}, "spec.maxTurns", TURNS_NEED_FIXTURES),
+        ({"maxTurns": 4, "toolExecution": "stop"}, "spec.maxTurns", TURNS_NEED_FIXTURES),
+    ],
+)
+def test_a_dataset_spec_that_cannot_work_is_refused_naming_the_field(apiext: ApiextServer, spec: dict[str, Any], field: str, rule: str) -> None:
+    _refused_by(_create(apiext, SDS_PATH, _sds(**spec)), field, message_of("SyntheticDataset", "spec", rule))
+
+
+for _rule in (JSONL_OUTPUT, OUTPUT_NOT_PROMPTS, TURNS_NEED_FIXTURES):
+    covers("SyntheticDataset", "spec", _rule)(test_a_dataset_spec_that_cannot_work_is_refused_naming_the_field)
+
+
+@covers("SyntheticDataset", "spec", IMMUTABLE)
+def test_a_dataset_spec_is_immutable_but_its_status_and_labels_are_not(apiext: ApiextServer) -> None:
+    created = _created(apiext, SDS_PATH, _sds(maxTurns=4, toolExecution="fixtures", samplesPerPrompt=2))
+    name = created["metadata"]["name"]
+    for change in ({"samplesPerPrompt": 3}, {"sampling": {"temperature": 0.2}}, {"teacher": {"modelDeployment": "other"}}):
+        _refused_by(_patch(apiext, SDS_PATH, name, {"spec": change}), "spec", message_of("SyntheticDataset", "spec", IMMUTABLE))
+    assert apiext.request("GET", f"{SDS_PATH}/{name}").body["spec"] == created["spec"]
+    assert _patch(apiext, SDS_PATH, name, {"metadata": {"labels": {"team": "payments"}}}).status == 200
+    assert _patch(apiext, SDS_PATH, name, {"spec": created["spec"]}).status == 200  # the same values are no change
+    status = {"status": {"phase": "Generating", "progress": {"promptsDone": 3, "promptsTotal": 10, "samplesKept": 5}}}
+    response = _patch(apiext, SDS_PATH, name, status, "/status")
+    assert response.status == 200 and response.body["status"]["progress"]["samplesKept"] == 5, response.message

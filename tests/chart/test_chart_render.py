@@ -206,8 +206,10 @@ OPERATOR_NEEDS = {
     # (API group, resource): verbs, each one a request in glmops.kube or one of kopf's watches
     ("glmops.io", "finetunejobs"): {"get", "list", "watch", "patch"},
     ("glmops.io", "modeldeployments"): {"get", "list", "watch", "patch"},
+    ("glmops.io", "syntheticdatasets"): {"get", "list", "watch", "patch"},
     ("glmops.io", "finetunejobs/status"): {"patch"},
     ("glmops.io", "modeldeployments/status"): {"patch"},
+    ("glmops.io", "syntheticdatasets/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},

@@ -58,7 +58,7 @@ def test_crds_and_examples_apply(cluster, namespace: str) -> None:
     for example in EXAMPLES:
         result = cluster.kubectl("apply", "-n", namespace, "-f", str(example))
         assert "created" in result.stdout or "configured" in result.stdout, result.stdout
-    names = cluster.kubectl("get", "ftj,mdep", "-n", namespace, "-o", "name").stdout.split()
+    names = cluster.kubectl("get", "ftj,mdep,sds", "-n", namespace, "-o", "name").stdout.split()
     assert len(names) == len(EXAMPLES)
 
 

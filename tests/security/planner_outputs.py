@@ -1,6 +1,6 @@
 """Every kind of object the operator creates, as the planner makes it: trainer Jobs (one GPU, eight,
 several nodes, with the user's pod options), the export Job, llama.cpp and vLLM Deployments and
-their Services, a model download Job and its claim. Shared by the Pod Security and checkov tests."""
+their Services, a model download Job and its claim, a SyntheticDataset's generator Job. Shared by the Pod Security and checkov tests."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 
 from glmops.api.finetunejob import FineTuneJobSpec
 from glmops.api.modeldeployment import ModelDeploymentSpec
+from glmops.api.syntheticdataset import SyntheticDatasetSpec
 from glmops.plan.export import estimated_sizes, plan_export_job
 from glmops.plan.finetune import ClusterFacts, GpuNode, JobMeta, plan_finetune
 from glmops.plan.serving import DeploymentMeta, ServingFacts, plan_serving
+from glmops.plan.synthetic import DatasetMeta, SyntheticFacts, plan_synthetic
 from glmops.settings import Settings
 from glmops_dev.nodes import NODE_PROFILES
 
@@ -59,6 +61,22 @@ def _serving(name: str, spec: dict[str, Any], downloads: dict[str, str] | None =
     return {f"{name}-{o['kind'].lower()}": o for o in [*plan.setup, *plan.objects]}
 
 
+def _generator_job() -> dict[str, Any]:
+    meta = DatasetMeta(name="payments-synth", namespace="ml", uid="0a1b2c3d-0000-4000-8000-0000000000bb")
+    teacher = {
+        "metadata": {"name": "coder"},
+        "spec": {"servedModelName": "coder", "apiKeySecret": "coder-api-key", "source": {"fineTuneJob": "coder"}},
+        "status": {"phase": "Ready", "readyReplicas": 1, "endpoint": "http://coder.ml.svc:8000/v1"},
+    }
+    facts = SyntheticFacts(now_unix=1_800_000_000.0, secrets=frozenset({"coder-api-key"}), pvcs=frozenset({"datasets"}), teacher_deployment=teacher)
+    spec = SyntheticDatasetSpec.model_validate({
+        "teacher": {"modelDeployment": "coder"}, "prompts": "pvc://datasets/payments/prompts.jsonl",
+        "output": "pvc://datasets/payments/synthetic.jsonl"})
+    plan = plan_synthetic(meta, spec, facts, SETTINGS)
+    assert not plan.problems and plan.job is not None, plan.problems
+    return plan.job
+
+
 def planner_outputs() -> dict[str, dict[str, Any]]:
     """name -> object, for every shape of object the operator creates."""
     outputs: dict[str, dict[str, Any]] = {}
@@ -78,4 +96,5 @@ def planner_outputs() -> dict[str, dict[str, Any]]:
     outputs |= _serving("vllm-merged", {"runtime": "vllm", "source": {"fineTuneJob": "coder", "artifact": "merged"},
                                         "gpuMemoryGiB": 75, "gpusPerReplica": 2, **api_key})
     outputs |= _serving("download", {"source": {"uri": "hf://unsloth/GLM-4.7-Flash-GGUF@main/GLM-4.7-Flash-Q4_K_M.gguf", "variant": "flash"}})
+    outputs["generator-job"] = _generator_job()
     return outputs

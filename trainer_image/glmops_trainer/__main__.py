@@ -5,6 +5,7 @@ Run:
     python -m glmops_trainer train --config /etc/glmops/job.json
     torchrun --nproc_per_node=8 -m glmops_trainer train --config /etc/glmops/job.json
     python -m glmops_trainer export --config /etc/glmops/job.json
+    python -m glmops_trainer generate --config /etc/glmops/generate.json   (SyntheticDataset; no torch)
 
 Exit codes: 0 success; 2 the config or the data is wrong (the message names the field or
 file:line and the fix); 1 any other failure. Each subcommand is one entry of `SUBCOMMANDS`.
@@ -188,9 +189,66 @@ def _run_export(args: argparse.Namespace) -> int:
     return code
 
 
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="generator config JSON (GeneratorConfig)")
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    """Generate a SyntheticDataset; the result goes to the termination message and OUTPUT.work/result.json.
+
+    Exit 0 when the output is written, 2 when no new pod could do better (the result's reason is
+    one of TERMINAL_REASONS), 1 otherwise (the Job replaces the pod, which continues the journal).
+    """
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from glmops.contract.synthetic import TERMINAL_REASONS, GeneratorConfig, GeneratorResult, ResultReason
+    from glmops_trainer.generate.run import generate, run_paths
+
+    _configure_logging()
+    result_file = Path("/dev/termination-log")
+    work: Path | None = None
+    try:
+        config = GeneratorConfig.from_file(args.config)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            message = describe_validation_error(exc, str(args.config))
+        else:
+            message = f"{args.config}: {getattr(exc, 'strerror', None) or exc}"
+        result = GeneratorResult(status="Failed", reason=ResultReason.config_error.value, message=message)
+        result_file = _result_file_of_invalid_config(args.config, str(result_file))
+    else:
+        result_file = Path(config.runtime.result_file)
+        stopping = threading.Event()
+        # A deleted pod gets SIGTERM: finish the requests in flight into the journal, then stop.
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        result = generate(config, stopping=stopping)
+        try:
+            work = run_paths(config).work
+        except Exception:  # noqa: BLE001 - a config whose paths are wrong already failed with that message
+            work = None
+    if result.status == "Succeeded":
+        print(f"wrote {result.samples_kept} samples to {result.output_uri} (sha256 {result.sha256})")
+    else:
+        print(f"glmops-generator: {result.reason}: {result.message}", file=sys.stderr)
+    if work is not None and work.is_dir():
+        (work / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    if result_file.exists() or result_file.parent != Path("/dev"):
+        try:
+            result_file.write_text(result.to_message(), encoding="utf-8")
+        except OSError as exc:
+            print(f"glmops-generator: cannot write result file {result_file}: {exc}", file=sys.stderr)
+    if result.status == "Succeeded":
+        return EXIT_OK
+    return EXIT_USER_ERROR if result.reason in TERMINAL_REASONS else EXIT_FAILURE
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand("fine-tune a model as described by a config file", _train_arguments, _run_train),
     "export": Subcommand("export a trained adapter (merged, GGUF, quantized)", _export_arguments, _run_export),
+    "generate": Subcommand("generate a SyntheticDataset with a teacher model", _generate_arguments, _run_generate),
 }
 """Subcommands by name; a new one is one more entry (its imports belong inside its `run`)."""
 

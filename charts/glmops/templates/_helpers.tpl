@@ -49,15 +49,16 @@ watches, by resource, with the verbs it uses and nothing more. Secrets: `get` on
 existence checks that ask for metadata (PartialObjectMetadata); never list or watch.
 */}}
 {{- define "glmops.workloadRules" -}}
-# FineTuneJobs and ModelDeployments: watched by kopf; patched for kopf's progress annotations.
+# FineTuneJobs, ModelDeployments and SyntheticDatasets: watched by kopf; patched for kopf's
+# progress annotations.
 - apiGroups: ["glmops.io"]
-  resources: ["finetunejobs", "modeldeployments"]
+  resources: ["finetunejobs", "modeldeployments", "syntheticdatasets"]
   verbs: ["get", "list", "watch", "patch"]
 # Their status: the operator's conditional status writes (merge patches).
 - apiGroups: ["glmops.io"]
-  resources: ["finetunejobs/status", "modeldeployments/status"]
+  resources: ["finetunejobs/status", "modeldeployments/status", "syntheticdatasets/status"]
   verbs: ["patch"]
-# Trainer, export and model download Jobs: created once, observed, deleted on cancel.
+# Trainer, export, model download and generator Jobs: created once, observed, deleted on cancel.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -85,7 +86,7 @@ existence checks that ask for metadata (PartialObjectMetadata); never list or wa
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Events about FineTuneJobs and ModelDeployments (the operator's and kopf's).
+# Events about the glmops resources (the operator's and kopf's).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from glmops.contract.uris import MAX_URI_LENGTH, UriRole, pattern
+from glmops.contract.uris import MAX_URI_LENGTH, UriRole, finetune_dataset_pattern, pattern
 
 GROUP = "glmops.io"
 VERSION = "v1alpha1"
@@ -52,6 +52,15 @@ ModelUri = Annotated[str, _uri(UriRole.model, "hf://zai-org/GLM-4.7-Flash", "pvc
 """A model: a checkpoint folder or one file (a GGUF)."""
 DatasetUri = Annotated[str, _uri(UriRole.dataset, "pvc://datasets/payments/train.jsonl", "s3://ml-data/payments/train.jsonl")]
 """One file that is read."""
+TrainingDatasetUri = Annotated[
+    str,
+    Field(
+        pattern=finetune_dataset_pattern(),
+        max_length=MAX_URI_LENGTH,
+        examples=["pvc://datasets/payments/train.jsonl", "synthetic://payments-synth"],
+    ),
+]
+"""A FineTuneJob's dataset: one file that is read, or synthetic://NAME (a SyntheticDataset's output)."""
 OutputUri = Annotated[str, _uri(UriRole.output, "pvc://models/payments-coder", "s3://ml-artifacts/payments-coder")]
 """A folder that is written."""
 

@@ -15,7 +15,6 @@ from pydantic import ConfigDict, Field, JsonValue
 from glmops.api.common import (
     LABEL_KEYS_RULE,
     Condition,
-    DatasetUri,
     DnsLabel,
     DnsSubdomain,
     LabelValue,
@@ -23,6 +22,7 @@ from glmops.api.common import (
     OutputUri,
     Placement,
     StatusModel,
+    TrainingDatasetUri,
     WireModel,
 )
 from glmops.contract.config import (
@@ -83,8 +83,8 @@ class ModelSpec(WireModel):
 class DatasetSpec(WireModel):
     """The training data."""
 
-    source: DatasetUri
-    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://datasets/ORG/NAME[@REVISION]/PATH or file:///PATH."""
+    source: TrainingDatasetUri
+    """Training file (JSONL or JSON): pvc://CLAIM/PATH, s3://BUCKET/KEY, hf://datasets/ORG/NAME[@REVISION]/PATH or file:///PATH; or synthetic://NAME, the output of a SyntheticDataset in the same namespace (the job waits until it is Ready)."""
     credentials_secret: DnsSubdomain | None = None
     """Name of a Secret in the job's namespace with the keys for the dataset's store (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, AWS_REGION; HF_TOKEN for private hf:// datasets); referenced, never copied."""
     endpoint_url: EndpointUrl | None = None

@@ -175,10 +175,41 @@ FORMS: dict[UriRole, dict[Scheme, str]] = {
 _GROUP_NAME = re.compile(r"\(\?P<\w+>")
 
 
-def pattern(role: UriRole) -> str:
-    """The anchored expression, without group names, that accepts the URIs of `role`: the CRD pattern."""
-    body = "|".join(_GROUP_NAME.sub("(?:", GRAMMAR[role][s]) for s in ROLE_SCHEMES[role])
+def _schemes(role: UriRole, schemes: Iterable[Scheme] | None) -> tuple[Scheme, ...]:
+    if schemes is None:
+        return ROLE_SCHEMES[role]
+    chosen = tuple(schemes)
+    if not chosen or not set(chosen) <= set(ROLE_SCHEMES[role]):
+        raise ValueError(f"schemes {chosen} are not a subset of the {role} role's {ROLE_SCHEMES[role]}")
+    return tuple(s for s in ROLE_SCHEMES[role] if s in chosen)
+
+
+def pattern(role: UriRole, schemes: Iterable[Scheme] | None = None) -> str:
+    """The anchored expression, without group names, that accepts the URIs of `role`: the CRD pattern.
+
+    `schemes` narrows the role to some of its schemes (a SyntheticDataset's files live on claims).
+    """
+    body = "|".join(_GROUP_NAME.sub("(?:", GRAMMAR[role][s]) for s in _schemes(role, schemes))
     return f"^(?:{body})$"
+
+
+# ---- synthetic://NAME: a SyntheticDataset's output, as a FineTuneJob's dataset source -----------
+# Not a storage scheme: the operator resolves it to the dataset's output file before the trainer
+# sees the config, so only the FineTuneJob's `dataset.source` field accepts it.
+_SYNTHETIC = re.compile(rf"synthetic://(?P<authority>{_DNS_SUBDOMAIN})")
+SYNTHETIC_FORM = "synthetic://NAME"
+
+
+def finetune_dataset_pattern() -> str:
+    """The CRD pattern of a FineTuneJob's `dataset.source`: a dataset file, or synthetic://NAME."""
+    body = "|".join(_GROUP_NAME.sub("(?:", GRAMMAR[UriRole.dataset][s]) for s in ROLE_SCHEMES[UriRole.dataset])
+    return f"^(?:{body}|{_GROUP_NAME.sub('(?:', _SYNTHETIC.pattern)})$"
+
+
+def synthetic_name(uri: str) -> str | None:
+    """The SyntheticDataset a synthetic://NAME dataset source names; None for any other URI."""
+    match = _SYNTHETIC.fullmatch(uri)
+    return match.group("authority") if match else None
 
 
 # ---- parsed URIs -------------------------------------------------------------------------------
@@ -234,15 +265,22 @@ class StorageUri:
 _COMPILED = {role: {s: re.compile(expr) for s, expr in by_scheme.items()} for role, by_scheme in GRAMMAR.items()}
 
 
-def parse_uri(uri: str, field: str = "uri", role: UriRole = UriRole.model) -> StorageUri:
-    """Parse `uri` as a `role` location, or raise UriError naming `field`, what is wrong and the forms allowed."""
-    schemes = ROLE_SCHEMES[role]
+def parse_uri(uri: str, field: str = "uri", role: UriRole = UriRole.model, schemes: Iterable[Scheme] | None = None) -> StorageUri:
+    """Parse `uri` as a `role` location, or raise UriError naming `field`, what is wrong and the forms allowed.
+
+    `schemes` narrows the role to some of its schemes, as `pattern` does.
+    """
+    schemes = _schemes(role, schemes)
     forms = ", ".join(FORMS[role][s] for s in schemes)
     scheme, sep, _ = uri.partition("://")
     if not sep:
         raise UriError(f"{field}: {uri!r} has no scheme; write one of {forms}")
     if scheme not in schemes:
-        why = "the Hugging Face Hub is only read from" if scheme == "hf" else f"scheme {scheme!r} is not supported here"
+        why = (
+            "the Hugging Face Hub is only read from"
+            if scheme == "hf" and "hf" not in ROLE_SCHEMES[role]
+            else f"scheme {scheme!r} is not supported here"
+        )
         raise UriError(f"{field}: {why}; use one of {forms}")
     known: Scheme = scheme  # narrowed by the membership test above
     if len(uri) > MAX_URI_LENGTH:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from glmops.api import finetunejob, modeldeployment
+from glmops.api import finetunejob, modeldeployment, syntheticdataset
 from glmops.api.common import GROUP, VERSION
 from glmops.crdgen.schema import JsonDict, to_structural
 
@@ -112,6 +112,23 @@ KINDS: tuple[ResourceKind, ...] = (
             _AGE,
         ),
         scale=ScaleSubresource(".spec.replicas", ".status.replicas", ".status.selector"),
+    ),
+    ResourceKind(
+        kind=syntheticdataset.KIND,
+        plural=syntheticdataset.PLURAL,
+        short_names=("sds",),
+        spec_model=syntheticdataset.SyntheticDatasetSpec,
+        status_model=syntheticdataset.SyntheticDatasetStatus,
+        description="SyntheticDataset has a teacher model (a ModelDeployment or an OpenAI-compatible endpoint) write "
+        "agentic training data, which a FineTuneJob trains on as dataset.source synthetic://NAME.",
+        printer_columns=(
+            PrinterColumn("Phase", "string", ".status.phase", "Pending, Generating, Ready or Failed"),
+            PrinterColumn("Progress", "integer", ".status.progress.percent", "Prompts done, in percent"),
+            PrinterColumn("Kept", "integer", ".status.progress.samplesKept", "Samples kept"),
+            PrinterColumn("Dropped", "integer", ".status.progress.samplesDropped", "Samples dropped", priority=1),
+            PrinterColumn("Output", "string", ".status.output.uri", "The written JSONL", priority=1),
+            _AGE,
+        ),
     ),
 )
 

@@ -1,5 +1,5 @@
 """kopf handlers; importing this package registers them."""
 
-from glmops.handlers import finetunejob, modeldeployment, startup
+from glmops.handlers import finetunejob, modeldeployment, startup, syntheticdataset
 
-__all__ = ["finetunejob", "modeldeployment", "startup"]
+__all__ = ["finetunejob", "modeldeployment", "startup", "syntheticdataset"]

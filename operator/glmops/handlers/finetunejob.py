@@ -28,10 +28,11 @@ from pydantic import ValidationError
 from glmops import kube, metrics
 from glmops.api.common import GROUP, VERSION
 from glmops.api.finetunejob import KIND, PLURAL, FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Phase, Plan
+from glmops.api.syntheticdataset import PLURAL as SDS_PLURAL
 from glmops.conditions import ConditionType, Reason, find_condition
 from glmops.contract.config import METRICS_PATH
 from glmops.contract.records import MetricsError, ProgressRecord, parse_metrics, parse_result
-from glmops.contract.uris import UriRole, parse_uri
+from glmops.contract.uris import UriRole, parse_uri, synthetic_name
 from glmops.plan import names
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
@@ -57,6 +58,7 @@ from glmops.plan.status import (
     next_status,
 )
 from glmops.plan.storage import credential_secrets
+from glmops.plan.synthetic_source import resolve_dataset_source
 from glmops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -391,7 +393,11 @@ def _admit(
         adm = Admission(generation, problems=problems, problem_reason=Reason.invalid_spec, now=now)
         return admission_status(status, adm), []
     trainer_name = names.trainer_job_name(name)
-    facts = _gather_facts(api, namespace, name, job.spec, outputs, memo)
+    # dataset.source: synthetic://NAME trains on that SyntheticDataset's output once it is Ready.
+    synthetic = synthetic_name(job.spec.dataset.source)
+    dataset = kube.get_custom(api, SDS_PLURAL, namespace, synthetic) if synthetic else None
+    dataset_source, dataset_problem = resolve_dataset_source(job.spec.dataset.source, namespace, dataset)
+    facts = _gather_facts(api, namespace, name, job.spec, outputs, memo, dataset_source)
     plan = plan_finetune(JobMeta(name, namespace, str(meta["uid"]), generation), job.spec, facts, settings)
     status.plan = Plan(
         gpu_memory_gi_b_per_gpu=round(plan.memory.per_gpu_gib, 1),
@@ -400,16 +406,19 @@ def _admit(
         min_gpu_memory_gi_b=round(plan.placement.min_gpu_memory_gib, 1),
     )
     destination = job.spec.output.destination
-    if plan.problems:
+    found = list(plan.problems)
+    if dataset_problem is not None:
+        found = [dataset_problem, *(p for p in found if p.reason != Reason.synthetic_dataset_not_ready)]
+    if found:
         existing = kube.get_job(api, namespace, trainer_name)
         if existing is not None and kube.owned_by(existing, str(meta["uid"])):
             # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
             return _admitted(status, generation, trainer_name, destination, now), []
         adm = Admission(
             generation,
-            problems=tuple(str(p) for p in plan.problems),
-            problem_reason=plan.problems[0].reason,
-            waiting=plan.waiting,
+            problems=tuple(str(p) for p in found),
+            problem_reason=found[0].reason,
+            waiting=all(p.waits for p in found),
             now=now,
         )
         return admission_status(status, adm), []
@@ -443,17 +452,25 @@ def _admitted(status: FineTuneJobStatus, generation: int, trainer: str, destinat
 
 
 def _gather_facts(
-    api: client.ApiClient, namespace: str, name: str, spec: FineTuneJobSpec, outputs: kopf.Index[Any, str], memo: kopf.Memo
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    spec: FineTuneJobSpec,
+    outputs: kopf.Index[Any, str],
+    memo: kopf.Memo,
+    dataset_source: str | None = None,
 ) -> ClusterFacts:
     # Every Secret the spec references (model, dataset, output), each looked up once.
     referenced = {secret for _field, secret in credential_secrets(spec)}
     secrets = frozenset(s for s in sorted(referenced) if kube.secret_exists(api, namespace, s))
-    claims = {
-        parse_uri(u, f, role).claim
-        for f, u, role in (("spec.model.source", spec.model.source, UriRole.model),
-                           ("spec.dataset.source", spec.dataset.source, UriRole.dataset),
-                           ("spec.output.destination", spec.output.destination, UriRole.output))
-    }
+    # A synthetic:// dataset counts as the file it resolved to (none while it is not Ready).
+    located = [
+        ("spec.model.source", spec.model.source, UriRole.model),
+        ("spec.output.destination", spec.output.destination, UriRole.output),
+    ]
+    if dataset_source is not None:
+        located.append(("spec.dataset.source", dataset_source, UriRole.dataset))
+    claims = {parse_uri(u, f, role).claim for f, u, role in located}
     pvcs = frozenset(c for c in claims if c and kube.pvc_exists(api, namespace, c))
     destination = spec.output.destination.rstrip("/")
     others = sorted(n for n in outputs.get((namespace, destination), []) if n != name)
@@ -463,6 +480,7 @@ def _gather_facts(
         pvcs=pvcs,
         outputs_in_use={destination: others[0]} if others else {},
         gpu_nodes=memo.node_cache.get(api),
+        dataset_source=dataset_source,
     )
 
 

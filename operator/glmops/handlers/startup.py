@@ -11,6 +11,7 @@ from kubernetes import client, config
 
 from glmops import kube
 from glmops.api.common import GROUP
+from glmops.handlers import syntheticdataset
 from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache, Poller
 from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
 from glmops.metrics import OperatorMetrics
@@ -70,6 +71,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     # would need a finalizer on every training job).
     memo.poller = Poller(memo, kwargs["ftj_polled"], kwargs["ftj_outputs"])
     memo.poller.start()
+    memo.synthetic_poller = syntheticdataset.Poller(memo, kwargs["sds_polled"], kwargs["sds_outputs"])
+    memo.synthetic_poller.start()
     memo.metrics = OperatorMetrics()
     memo.metrics.watch(kwargs["ftj_summaries"], kwargs["mdep_summaries"])
     memo.metrics.serve(ours.metrics_address, ours.metrics_port)
@@ -78,13 +81,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
 
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the metrics endpoint and the poller, and close the API client's connection pool."""
+    """Stop the metrics endpoint and the pollers, and close the API client's connection pool."""
     metrics = getattr(memo, "metrics", None)
     if metrics is not None:
         metrics.stop()
-    poller = getattr(memo, "poller", None)
-    if poller is not None:
-        poller.stop()
+    for name in ("poller", "synthetic_poller"):
+        poller = getattr(memo, name, None)
+        if poller is not None:
+            poller.stop()
     api = getattr(memo, "api", None)
     if api is not None:
         api.close()

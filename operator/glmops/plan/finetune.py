@@ -17,7 +17,7 @@ from glmops.api.defaults import VARIANT_DEFAULTS, ResolvedTraining, default_gpus
 from glmops.api.finetunejob import FineTuneJobSpec, OutputFormat, Variant
 from glmops.conditions import Reason
 from glmops.contract.config import POD_IP_ENV
-from glmops.contract.uris import UriRole, parse_uri, pod_path
+from glmops.contract.uris import UriRole, parse_uri, pod_path, synthetic_name
 from glmops.plan import names
 from glmops.plan.changes import spec_section_hashes
 from glmops.plan.memory import MemoryPlan, plan_memory
@@ -76,6 +76,7 @@ class ClusterFacts:
     pvcs: frozenset[str] = frozenset()
     outputs_in_use: dict[str, str] = field(default_factory=dict)  # destination URI -> other FineTuneJob
     gpu_nodes: tuple[GpuNode, ...] | None = None  # None: unknown (do not judge placement up front)
+    dataset_source: str | None = None  # the file a synthetic://NAME dataset source resolved to (glmops.plan.synthetic_source)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, set
         problems = [p for p in problems if p not in advisories]
     if problems:
         return FineTunePlan(training, memory, placement, tuple(problems), {}, ())
-    config = render_trainer_config(meta, spec, training, settings)
+    config = render_trainer_config(meta, spec, training, settings, facts.dataset_source)
     objects = build_trainer_objects(meta, spec, placement, config, settings)
     return FineTunePlan(training, memory, placement, (), config, tuple(objects), tuple(advisories))
 
@@ -208,7 +209,11 @@ def validate_finetune(
                 )
             )
     problems += [Problem(reason, where, message) for reason, where, message in storage_problems(spec)]
-    for field_path, uri, role in _pvc_uris(spec):
+    if synthetic_name(spec.dataset.source) is not None and facts.dataset_source is None:
+        problems.append(
+            Problem(Reason.synthetic_dataset_not_ready, "spec.dataset.source", "the SyntheticDataset's output is not known yet")
+        )
+    for field_path, uri, role in _pvc_uris(spec, facts.dataset_source):
         claim = parse_uri(uri, field_path, role).claim
         if claim and claim not in facts.pvcs:
             problems.append(
@@ -302,12 +307,13 @@ def _label_problems(spec: FineTuneJobSpec) -> list[Problem]:
     return problems
 
 
-def _pvc_uris(spec: FineTuneJobSpec) -> list[tuple[str, str, UriRole]]:
+def _pvc_uris(spec: FineTuneJobSpec, dataset_source: str | None) -> list[tuple[str, str, UriRole]]:
+    """The pvc:// locations of the job (the dataset as resolved, for a synthetic:// source)."""
     return [
         (path, uri, role)
         for path, uri, role in (
             ("spec.model.source", spec.model.source, UriRole.model),
-            ("spec.dataset.source", spec.dataset.source, UriRole.dataset),
+            ("spec.dataset.source", dataset_source or spec.dataset.source, UriRole.dataset),
             ("spec.output.destination", spec.output.destination, UriRole.output),
         )
         if uri.startswith("pvc://")
@@ -326,14 +332,17 @@ def _largest_offer(nodes: tuple[GpuNode, ...]) -> str:
 
 
 def render_trainer_config(
-    meta: JobMeta, spec: FineTuneJobSpec, training: ResolvedTraining, settings: Settings
+    meta: JobMeta, spec: FineTuneJobSpec, training: ResolvedTraining, settings: Settings, dataset_source: str | None = None
 ) -> dict[str, Any]:
-    """The JSON file the trainer reads (glmops_trainer.config.TrainerConfig; a contract test keeps them in step)."""
+    """The JSON file the trainer reads (glmops_trainer.config.TrainerConfig; a contract test keeps them in step).
+
+    `dataset_source` replaces a synthetic:// source with the file it resolved to.
+    """
     return {
         "job": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
         "model": {"source": spec.model.source, "variant": spec.model.variant.value},
         "data": {
-            "source": spec.dataset.source,
+            "source": dataset_source or spec.dataset.source,
             "format": spec.dataset.format.value,
             "thinking": spec.dataset.thinking.value,
             "validation_split": spec.dataset.validation_split,
@@ -453,7 +462,9 @@ def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: S
     return env
 
 
-def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    meta: JobMeta, spec: FineTuneJobSpec, settings: Settings, dataset_source: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         # The config travels in the pod template's annotation and reaches the trainer as a file:
         # immutable with the Job, and no second object to create, own and clean up.
@@ -472,7 +483,7 @@ def _volumes(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings) -> tuple[
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
     claims: dict[str, bool] = {}  # claim -> read-only
-    for field_path, uri, role in _pvc_uris(spec):
+    for field_path, uri, role in _pvc_uris(spec, dataset_source):
         claim = parse_uri(uri, field_path, role).claim
         assert claim is not None
         read_only = field_path != "spec.output.destination"
@@ -493,7 +504,7 @@ def _trainer_job(
     multi_node: bool,
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    volumes, mounts = _volumes(meta, spec, settings)
+    volumes, mounts = _volumes(meta, spec, settings, str(config["data"]["source"]))
     gpus = str(placement.gpus_per_node)
     cpu = scale_quantity(settings.cpu_per_gpu, placement.gpus_per_node)
     memory = scale_quantity(settings.memory_per_gpu, placement.gpus_per_node)

@@ -30,3 +30,8 @@ def trainer_service_name(ftj: str) -> str:
 def export_job_name(ftj: str) -> str:
     """The batch/v1 Job that exports the trained adapter on CPU. Its pods get 5-6 more characters, so stay <= 52."""
     return child_name(ftj, "export", max_length=52)
+
+
+def generator_job_name(dataset: str) -> str:
+    """The batch/v1 Job that generates a SyntheticDataset. Its pods get 5-6 more characters, so stay <= 52."""
+    return child_name(dataset, "generator", max_length=52)

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from glmops.conditions import Reason
 
-WAITING_REASONS = frozenset({Reason.secret_not_found, Reason.pvc_not_found})
+WAITING_REASONS = frozenset(
+    {
+        Reason.secret_not_found,
+        Reason.pvc_not_found,
+        Reason.teacher_not_found,
+        Reason.teacher_not_ready,
+        Reason.synthetic_dataset_not_found,
+        Reason.synthetic_dataset_not_ready,
+    }
+)
 """Problems that the cluster, not the spec, must fix: the resource waits for the object instead of failing."""
 
 
