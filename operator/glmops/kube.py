@@ -235,6 +235,18 @@ def get_job(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
     return _get_or_none(api, _path("/apis/batch/v1", "jobs", namespace, name))
 
 
+def list_jobs(api: client.ApiClient, namespace: str, label_selector: str) -> list[Obj]:
+    """batch/v1 Jobs matching a label selector (terminating ones included)."""
+    found: Obj = request(api, "GET", _path("/apis/batch/v1", "jobs", namespace), query={"labelSelector": label_selector})
+    return list(found.get("items", []))
+
+
+def get_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> Obj | None:
+    """One of the child kinds of CHILD_PATHS, or None."""
+    prefix, plural = CHILD_PATHS[kind]
+    return _get_or_none(api, _path(prefix, plural, namespace, name))
+
+
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """Delete a Job and, in the background, its pods (a gone Job is fine)."""
     delete_child(api, "Job", namespace, name)
