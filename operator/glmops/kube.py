@@ -252,11 +252,12 @@ def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     delete_child(api, "Job", namespace, name)
 
 
-def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> None:
-    """Delete one of the child kinds of CHILD_PATHS (dependents in the background); a gone object is fine."""
+def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
+    """Delete one of the child kinds of CHILD_PATHS (dependents in the background, or with `Foreground`
+    before the object itself goes); a gone object is fine."""
     prefix, plural = CHILD_PATHS[kind]
     try:
-        request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": "Background"})
+        request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": propagation})
     except ApiException as exc:
         if exc.status != 404:
             raise

@@ -381,9 +381,11 @@ def _after_write(api: client.ApiClient, body: Mapping[str, Any], decision: Decis
         for kind, child in children:
             kube.delete_child(api, kind, namespace, child)
     elif decision.withdraw_trainer:
-        # Status first (placementRetryAt says the Jobs' absence is ours), then the half-placed attempt goes.
+        # Status first (placementRetryAt says the Jobs' absence is ours), then the half-placed attempt
+        # goes. Foreground: each Job stays until its pods are gone, and the next attempt waits for the
+        # Jobs, so it never competes with its own terminating pods for their nodes.
         for child in _trainer_job_names(body["metadata"]["name"], decision.status):
-            kube.delete_child(api, "Job", namespace, child)
+            kube.delete_child(api, "Job", namespace, child, propagation="Foreground")
     if decision.event is not None:
         event = decision.event
         try:
