@@ -117,7 +117,7 @@ def test_two_ranks_with_one_fitting_node_never_leave_a_rank_holding_it(
         "output": {"destination": f"file://{workdir}/out-gang", "formats": ["adapter"]},
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_ftj(name, spec))
-    diagnose = lambda: k.diagnostics(name)  # noqa: E731
+    diagnose = lambda: k.diagnostics(name)
 
     def half_placed() -> dict[str, Any] | None:
         pods = k.pods(name)
@@ -176,7 +176,7 @@ def test_a_two_node_flagship_run_trains_through_the_operator_and_exports_its_ada
         "output": {"destination": f"file://{out}", "formats": ["adapter"]},
     }  # fmt: skip
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_ftj(name, spec))
-    diagnose = lambda: k.diagnostics(name)  # noqa: E731
+    diagnose = lambda: k.diagnostics(name)
 
     def training() -> dict[str, Any] | None:
         status = k.status(name)
