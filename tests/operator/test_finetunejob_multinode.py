@@ -202,3 +202,6 @@ def test_a_two_node_flagship_run_trains_through_the_operator_and_exports_its_ada
     # Every rank's pod ended well: the run needed both, not rank 0 alone.
     ended = {p["metadata"]["labels"]["glmops.io/node-rank"]: p["status"]["phase"] for p in k.pods(name)}
     assert ended == {"0": "Succeeded", "1": "Succeeded"}
+    # One run of four processes over both pods, not two runs of two.
+    log = cluster.kubectl("logs", "-n", namespace, pods["0"]["metadata"]["name"]).stdout
+    assert "model placement: fsdp over 4 process(es)" in log, log[-3000:]

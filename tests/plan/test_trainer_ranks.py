@@ -119,6 +119,14 @@ def test_a_withdrawn_run_waits_for_its_backoff_and_for_its_old_jobs_to_go() -> N
     assert again.recreate_trainer and not again.stop_children
 
 
+def test_a_withdrawn_run_whose_spec_was_edited_is_not_placed_again() -> None:
+    withdrawn = PENDING.model_copy(update={"placement_retries": 1, "placement_retry_at": NOW})
+    decision = _next(withdrawn, [], [], changed_sections=("resources",))
+    assert not decision.recreate_trainer
+    validated = find_condition(decision.status.conditions, ConditionType.validated)
+    assert validated is not None and validated.reason == Reason.spec_immutable and "spec.resources" in validated.message
+
+
 def test_cancel_while_withdrawn_ends_cancelled() -> None:
     withdrawn = PENDING.model_copy(update={"placement_retries": 1, "placement_retry_at": NOW + timedelta(seconds=30)})
     decision = _next(withdrawn, [], [], cancel=True)

@@ -423,10 +423,11 @@ def _admit(
     )
     destination = job.spec.output.destination
     if plan.problems:
-        existing = kube.get_job(api, namespace, trainer_name)
-        if existing is not None and kube.owned_by(existing, str(meta["uid"])):
-            # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
-            return _admitted(status, generation, trainer_name, destination, now), []
+        for candidate in (trainer_name, names.trainer_rank_job_name(name, 0)):  # one Job, or rank 0's of one per rank
+            existing = kube.get_job(api, namespace, candidate)
+            if existing is not None and kube.owned_by(existing, str(meta["uid"])):
+                # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
+                return _admitted(status, generation, candidate, destination, now), []
         adm = Admission(
             generation,
             problems=tuple(str(p) for p in plan.problems),

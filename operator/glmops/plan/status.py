@@ -329,8 +329,9 @@ def _withdrawal(stuck: RankObservation, holding: list[RankObservation], obs: Obs
 def _place_again(status: FineTuneJobStatus, obs: Observation) -> Decision:
     """A withdrawn multi-node run: once its backoff has passed and its old Jobs are gone, place all ranks again."""
     assert status.placement_retry_at is not None
-    if obs.now < status.placement_retry_at or obs.trainer_jobs_left:
-        return Decision(status)
+    _set_immutability(status, obs, obs.generation)
+    if obs.now < status.placement_retry_at or obs.trainer_jobs_left or obs.changed_sections:
+        return Decision(status)  # an edited immutable section is never what the new attempt runs
     status.observed_generation = obs.generation
     return Decision(status, recreate_trainer=True)
 
