@@ -73,9 +73,12 @@ def test_training_starts_only_when_every_rank_runs() -> None:
     one_running = [_pod(0, "uid-0", "Running", "node-a"), _pod(1, "uid-1")]
     decision = _next(PENDING, _jobs(), one_running)
     assert decision.status.phase is Phase.pending
+    waiting = find_condition(decision.status.conditions, ConditionType.succeeded)
+    assert waiting is not None and waiting.message == "1 of 2 ranks are running; training starts when all are"
     both = [_pod(0, "uid-0", "Running", "node-a"), _pod(1, "uid-1", "Running", "node-b")]
     decision = _next(PENDING, _jobs(), both)
     assert decision.status.phase is Phase.training
+    assert find_condition(decision.status.conditions, ConditionType.succeeded).message == "all 2 ranks of the trainer are running"  # type: ignore[union-attr]
     scheduled = find_condition(decision.status.conditions, ConditionType.scheduled)
     assert scheduled is not None and scheduled.message == "all 2 ranks are placed: rank 0 on node-a, rank 1 on node-b"
 

@@ -210,11 +210,17 @@ def decide_phase(status: FineTuneJobStatus, obs: Observation) -> PhaseDecision:
         )
     if trainer.pod_phase == "Running":
         retry = f" (retry {trainer.failed_pods} of {obs.max_retries}, resuming from the last checkpoint)" if trainer.failed_pods else ""
-        return PhaseDecision(Phase.training, Reason.training, f"the trainer is running{retry}")
+        who = f"all {len(trainer.ranks)} ranks of the trainer are" if trainer.ranks else "the trainer is"
+        return PhaseDecision(Phase.training, Reason.training, f"{who} running{retry}")
     if trainer.pod_phase == "Succeeded":
         # The pod has ended well and the Job controller marks the Job Complete a moment later:
         # still the training step, never back to "waiting for the trainer pod to start".
         return PhaseDecision(Phase.training, Reason.training, "the trainer finished; waiting for its Job to record it")
+    if trainer.ranks:
+        running = sum(r.pod_phase == "Running" for r in trainer.ranks)
+        return PhaseDecision(
+            Phase.pending, Reason.pending, f"{running} of {len(trainer.ranks)} ranks are running; training starts when all are"
+        )
     return PhaseDecision(Phase.pending, Reason.pending, "waiting for the trainer pod to start")
 
 
