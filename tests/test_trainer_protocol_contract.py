@@ -145,11 +145,16 @@ def test_the_validation_split_has_one_bound() -> None:
 # means to huggingface_hub's own parser what it means here.
 
 ROLE_FIELDS = {
-    ("FineTuneJob", "spec.model.source"): UriRole.model,
-    ("FineTuneJob", "spec.dataset.source"): UriRole.dataset,
-    ("FineTuneJob", "spec.output.destination"): UriRole.output,
-    ("ModelDeployment", "spec.source.uri"): UriRole.model,
+    ("FineTuneJob", "spec.model.source"): pattern(UriRole.model),
+    # a dataset file, or synthetic://NAME, which the operator resolves to one before the trainer runs
+    ("FineTuneJob", "spec.dataset.source"): uris.finetune_dataset_pattern(),
+    ("FineTuneJob", "spec.output.destination"): pattern(UriRole.output),
+    ("ModelDeployment", "spec.source.uri"): pattern(UriRole.model),
+    # files the generator reads and writes on a mounted claim or node path
+    ("SyntheticDataset", "spec.prompts"): pattern(UriRole.dataset, ("pvc", "file")),
+    ("SyntheticDataset", "spec.output"): pattern(UriRole.dataset, ("pvc", "file")),
 }
+"""Every storage URI field of the CRDs and the pattern of the grammar it must carry."""
 
 _PIECE = st.sampled_from(
     ["zai-org", "GLM-4.7", "a", "Z9", "x_y", "models", "datasets", "dataset", "spaces", "refs", "pr", "3", "convert",
@@ -320,9 +325,11 @@ def test_every_uri_field_of_the_crds_has_its_roles_pattern() -> None:
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for field, field_pattern in _uri_fields(schema["properties"]["spec"], "spec"):
             found[(crd["spec"]["names"]["kind"], field)] = field_pattern
-    assert set(found) == set(ROLE_FIELDS), "a URI field without a role: add it to ROLE_FIELDS with its role"
-    for key, role in ROLE_FIELDS.items():
-        assert found[key] == pattern(role), key
+    assert set(found) == set(ROLE_FIELDS), "a URI field without a role: add it to ROLE_FIELDS with its role's pattern"
+    for key, expected in ROLE_FIELDS.items():
+        assert found[key] == expected, key
+    # synthetic:// is the FineTuneJob's alone: the dataset role itself (what the trainer parses) lacks it
+    assert "synthetic://" in ROLE_FIELDS[("FineTuneJob", "spec.dataset.source")] and "synthetic" not in pattern(UriRole.dataset)
 
 
 # --- progress records: served as metrics, read by the operator ---------------------------------

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     # lifecycle
     pending = "Pending"
     unschedulable = "Unschedulable"
+    gang_unschedulable = "GangUnschedulable"  # some ranks of a multi-node run were placed, others could not be
     scheduled = "Scheduled"
     training = "Training"
     exporting = "Exporting"

@@ -235,16 +235,29 @@ def get_job(api: client.ApiClient, namespace: str, name: str) -> Obj | None:
     return _get_or_none(api, _path("/apis/batch/v1", "jobs", namespace, name))
 
 
+def list_jobs(api: client.ApiClient, namespace: str, label_selector: str) -> list[Obj]:
+    """batch/v1 Jobs matching a label selector (terminating ones included)."""
+    found: Obj = request(api, "GET", _path("/apis/batch/v1", "jobs", namespace), query={"labelSelector": label_selector})
+    return list(found.get("items", []))
+
+
+def get_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> Obj | None:
+    """One of the child kinds of CHILD_PATHS, or None."""
+    prefix, plural = CHILD_PATHS[kind]
+    return _get_or_none(api, _path(prefix, plural, namespace, name))
+
+
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
     """Delete a Job and, in the background, its pods (a gone Job is fine)."""
     delete_child(api, "Job", namespace, name)
 
 
-def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> None:
-    """Delete one of the child kinds of CHILD_PATHS (dependents in the background); a gone object is fine."""
+def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str, propagation: str = "Background") -> None:
+    """Delete one of the child kinds of CHILD_PATHS (dependents in the background, or with `Foreground`
+    before the object itself goes); a gone object is fine."""
     prefix, plural = CHILD_PATHS[kind]
     try:
-        request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": "Background"})
+        request(api, "DELETE", _path(prefix, plural, namespace, name), body={"propagationPolicy": propagation})
     except ApiException as exc:
         if exc.status != 404:
             raise

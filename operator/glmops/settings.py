@@ -63,6 +63,10 @@ class Settings:
     """Port of the trainer's progress endpoint (`/metrics` on the pod IP), which the operator scrapes."""
     progress_poll_seconds: float = 10.0
     """How often the operator reads the progress endpoint of each training job."""
+    gang_placement_seconds: float = 300.0
+    """How long ranks of a multi-node run may stay placed while another rank cannot be placed; then the attempt's pods are removed (no GPUs held) and it is tried again later."""
+    gang_retry_seconds: float = 30.0
+    """Wait before the first new attempt after such a removal; it doubles with each removal, up to 20 times this."""
     metrics_port: int = 8080
     """Port of the operator's own Prometheus endpoint (`/metrics`: reconciles, errors, latency, jobs by phase, deployments ready); 0 turns it off."""
     metrics_address: str = "0.0.0.0"

@@ -78,7 +78,9 @@ def test_the_demo_answers_with_what_it_was_taught_and_ctrl_c_cleans_up(tmp_path:
         assert 'Tool call:  get_weather({"city": "Paris"})' in output
         # The stages in order, and the settings a coding agent needs.
         stages = re.findall(r"^==> \[(\w+)\]", output, flags=re.MULTILINE)
-        assert stages == ["cluster", "operator", "examples", "model", "training", "export", "serving", "answer"]
+        # ... then the answer marker (`==> [done]`) that bench/demo_time.py stops its clock at
+        assert stages == ["cluster", "operator", "examples", "model", "training", "export", "serving", "answer", "done"]
+        assert ANSWER_MARKER == "==> [done]"
         slot = re.search(r"pod network: slot (\d+)", output)
         assert slot, output[:3000]
         time.sleep(3)  # the connect settings follow the answer

@@ -40,8 +40,10 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("no-node-has-200g", {"resources": {"gpuMemoryGiB": 200}}, "NotEnoughGpus", "spec.resources"),
     ("output-taken", {"output": {"destination": "pvc://outputs/taken"}}, "OutputInUse", "spec.output.destination"),
     ("output-taken-slash", {"output": {"destination": "pvc://outputs/taken/"}}, "OutputInUse", "spec.output.destination"),
-    ("two-nodes-old-cluster", {"resources": {"nodes": 2}}, "MultiNodeUnsupported", "spec.resources.nodes"),
-    ("flagship-four-nodes", {"model": FLAGSHIP, "resources": {"nodes": 4}}, "MultiNodeUnsupported", "spec.resources.nodes"),
+    # Four nodes of eight >= 75 GiB GPUs: the cluster has two (each rank needs a node of its own).
+    ("flagship-four-nodes", {"model": FLAGSHIP, "resources": {"nodes": 4}}, "NotEnoughGpus", "spec.resources"),
+    # Kueue admits one Job at a time: several nodes through a queue need Indexed Jobs (>= 1.24).
+    ("kueue-two-nodes-1-20", {"queueName": "ml-team", "resources": {"nodes": 2}}, "MultiNodeUnsupported", "spec.queueName"),
     ("gguf-without-quant", {"output": {"formats": ["adapter", "gguf"], "quantizations": []}}, "InvalidSpec", "spec.output.quantizations"),
     # A spec error is not waited out, even when a PVC is missing too.
     ("bad-and-missing-pvc", {"model": {"source": "pvc://absent/m"}, "resources": {"gpuMemoryGiB": 16}}, "GpuMemoryTooSmall", "spec.model.source"),

@@ -19,6 +19,7 @@ from glmops.plan.finetune import (
     GpuNode,
     JobMeta,
     plan_finetune,
+    plan_trainer_jobs,
 )
 from glmops.settings import Settings
 from glmops_dev.nodes import NODE_PROFILES
@@ -167,25 +168,89 @@ def test_pvcs_are_mounted_read_only_except_the_output() -> None:
     assert {"/mnt/pvc/datasets", "/mnt/pvc/models", "/mnt/pvc/outputs"} <= mounts
 
 
+FLAGSHIP_TWO_NODES = {"model": {"variant": "flagship", "source": "pvc://models/glm-4.7"}, "resources": {"nodes": 2}}
+OLD_SERVER = ClusterFacts(server_minor=20, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES)
+
+
+def _jobs(plan_objects: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return [o for o in plan_objects if o["kind"] == "Job"]
+
+
 def test_multi_node_uses_an_indexed_job_and_a_headless_service() -> None:
-    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 2})
+    spec = _spec(**FLAGSHIP_TWO_NODES)
     objects = _objects(spec)
     job = objects["Job"]
-    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
-    assert objects["Service"]["spec"]["clusterIP"] == "None"
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2 and job["spec"]["parallelism"] == 2
+    service = objects["Service"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     pod = job["spec"]["template"]["spec"]
-    assert pod["subdomain"] == objects["Service"]["metadata"]["name"]
+    assert pod["subdomain"] == service["metadata"]["name"]
     command = pod["containers"][0]["command"]
-    assert "--nnodes=2" in command and "--node-rank=$(NODE_RANK)" in command
-    assert f"--master-addr={job['metadata']['name']}-0.{objects['Service']['metadata']['name']}" in command
+    assert "--nnodes=2" in command and "--nproc-per-node=8" in command and "--node-rank=$(NODE_RANK)" in command
+    assert f"--master-addr={job['metadata']['name']}-0.{service['metadata']['name']}" in command
+    node_rank = next(e for e in pod["containers"][0]["env"] if e["name"] == "NODE_RANK")
+    assert node_rank["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
-def test_multi_node_on_an_old_cluster_is_refused_with_a_reason() -> None:
-    spec = _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}, resources={"nodes": 2})
-    facts = ClusterFacts(server_minor=20, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES)
-    plan = plan_finetune(META, spec, facts, SETTINGS)
-    assert [p.reason for p in plan.problems] == [Reason.multi_node_unsupported]
-    assert "1.20" in plan.problems[0].message and plan.objects == ()
+def test_multi_node_on_a_server_without_indexed_jobs_runs_one_job_per_rank() -> None:
+    """1.20's Job controller: Jobs <ftj>-trainer-r<k>, NODE_RANK written out, each pod named
+    <job>.<service> so that rank 0 is reachable by the name in --master-addr."""
+    plan = plan_finetune(META, _spec(**FLAGSHIP_TWO_NODES), OLD_SERVER, SETTINGS)
+    assert plan.problems == ()
+    service = next(o for o in plan.objects if o["kind"] == "Service")
+    assert plan.objects[0] is service, "the Service exists before any rank looks its name up"
+    jobs = _jobs(plan.objects)
+    assert [j["metadata"]["name"] for j in jobs] == ["payments-coder-trainer-r0", "payments-coder-trainer-r1"]
+    for rank, job in enumerate(jobs):
+        assert "completionMode" not in job["spec"] and job["spec"].get("completions", 1) == 1
+        pod = job["spec"]["template"]["spec"]
+        assert pod["hostname"] == job["metadata"]["name"] and pod["subdomain"] == service["metadata"]["name"]
+        container = pod["containers"][0]
+        assert {"name": "NODE_RANK", "value": str(rank)} in container["env"]
+        assert job["spec"]["template"]["metadata"]["labels"]["glmops.io/node-rank"] == str(rank)
+        assert f"--master-addr=payments-coder-trainer-r0.{service['metadata']['name']}" in container["command"]
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    # The Service selects every rank's pod (and no export pod), whatever the form.
+    selector = service["spec"]["selector"]
+    assert all(job["spec"]["template"]["metadata"]["labels"].items() >= selector.items() for job in jobs)
+    assert selector["glmops.io/component"] == "trainer"
+
+
+@pytest.mark.parametrize("facts", [FACTS, OLD_SERVER], ids=["indexed", "per-rank"])
+def test_each_rank_gets_a_node_of_its_own_that_fits_the_plan(facts: ClusterFacts) -> None:
+    plan = plan_finetune(META, _spec(**FLAGSHIP_TWO_NODES), facts, SETTINGS)
+    for job in _jobs(plan.objects):
+        affinity = job["spec"]["template"]["spec"]["affinity"]
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        memory = next(e for t in terms for e in t["matchExpressions"] if e["key"] == GPU_MEMORY_LABEL)
+        assert int(memory["values"][0]) >= int(plan.placement.min_gpu_memory_mib) - 1
+        (anti,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert anti["topologyKey"] == "kubernetes.io/hostname"
+        assert anti["labelSelector"]["matchLabels"] == {"glmops.io/finetunejob": META.name, "glmops.io/component": "trainer"}
+        # The pods match their own anti-affinity: two ranks can never share a node.
+        assert job["spec"]["template"]["metadata"]["labels"].items() >= anti["labelSelector"]["matchLabels"].items()
+
+
+def test_single_node_jobs_have_no_anti_affinity_and_no_service() -> None:
+    plan = plan_finetune(META, _spec(), OLD_SERVER, SETTINGS)
+    assert [o["kind"] for o in plan.objects] == ["Job"]
+    assert "podAntiAffinity" not in plan.objects[0]["spec"]["template"]["spec"]["affinity"]
+
+
+def test_kueue_with_several_nodes_needs_the_indexed_form() -> None:
+    """Kueue admits a Job as one workload: per-rank Jobs would be admitted one rank at a time."""
+    spec = _spec(**FLAGSHIP_TWO_NODES, queueName="gpu-queue")
+    plan = plan_finetune(META, spec, ClusterFacts(server_minor=23, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES), SETTINGS)
+    assert [(p.reason, p.field) for p in plan.problems] == [(Reason.multi_node_unsupported, "spec.queueName")]
+    assert plan.objects == ()
+    indexed = _objects(spec)
+    assert indexed["Job"]["spec"]["suspend"] is True and indexed["Job"]["spec"]["completions"] == 2
+
+
+def test_a_withdrawn_run_is_placed_again_with_the_same_jobs() -> None:
+    spec = _spec(**FLAGSHIP_TWO_NODES)
+    admitted = _jobs(plan_finetune(META, spec, OLD_SERVER, SETTINGS).objects)
+    assert plan_trainer_jobs(META, spec, SETTINGS, 20) == admitted
 
 
 @pytest.mark.parametrize(
@@ -194,12 +259,20 @@ def test_multi_node_on_an_old_cluster_is_refused_with_a_reason() -> None:
         _spec(),
         _spec(model={"variant": "flagship", "source": "pvc://models/glm-4.7"}),
         _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7"}, resources={"nodes": 2}),
+        _spec(model={"variant": "flagship", "source": "hf://zai-org/GLM-4.7"}, resources={"nodes": 2}, queueName="gpus"),
         _spec(resources={"gpuProduct": "NVIDIA-H200", "tolerations": [{"operator": "Exists"}]}),
     ],
-    ids=["flash", "flagship", "flagship-multinode", "tolerations"],
+    ids=["flash", "flagship", "flagship-multinode", "flagship-multinode-kueue", "tolerations"],
 )
-def test_every_manifest_validates_against_a_current_kubernetes_schema(spec: FineTuneJobSpec) -> None:
-    for obj in _objects(spec).values():
+@pytest.mark.parametrize("server_minor", [30, 23], ids=["indexed-form", "per-rank-form"])
+def test_every_manifest_validates_against_a_current_kubernetes_schema(spec: FineTuneJobSpec, server_minor: int) -> None:
+    """Both multi-node forms are valid current objects (the per-rank form also runs on 1.20 itself)."""
+    if spec.queue_name and server_minor < 24:
+        spec = spec.model_copy(update={"queue_name": None})  # refused there (test_kueue_with_several_nodes_needs_the_indexed_form)
+    facts = ClusterFacts(server_minor=server_minor, secrets=FACTS.secrets, pvcs=FACTS.pvcs, gpu_nodes=NODES)
+    plan = plan_finetune(META, spec, facts, SETTINGS)
+    assert plan.problems == ()
+    for obj in plan.objects:
         obj = {**obj, "metadata": {**obj["metadata"], "ownerReferences": []}}
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
 

@@ -1,16 +1,19 @@
 """The host's ``/etc/hosts``: each slot owns one marked block of Service names, and nothing else.
 
-Several environments edit the file at the same time, so every change holds a lock and replaces
-the file in one rename (readers never see half a file); where ``/etc/hosts`` is a mount point
-(containers bind it) the rename is impossible and the file is rewritten in place instead.
+Several environments edit the file at the same time, so every change holds a lock. The file is
+rewritten in place, never replaced by a rename: every pod binds its own hosts file over
+``/etc/hosts`` in a mount namespace of its own, and the kernel detaches mounts whose mount point is
+renamed over in another namespace, so a rename would leave every running pod with the host's
+names instead of its own (its hostname then resolves nowhere: gloo falls back to loopback and
+multi-node ranks cannot connect). The new text is written over the old from the start and the
+file cut to its length: the blocks sit at the end, so a reader racing a write still finds the
+system's own lines at the top.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,21 +40,16 @@ def _edit(lock_path: Path, change: Callable[[str], str]) -> None:
         updated = change(current)
         if updated == current:
             return
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-        handle, staging = tempfile.mkstemp(prefix=".hosts.", dir=path.parent)
+        data = updated.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            with os.fdopen(handle, "w") as out:
-                out.write(updated)
-            os.chmod(staging, mode)
-            try:
-                os.replace(staging, path)
-            except OSError as exc:
-                if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
-                    raise
-                path.write_text(updated)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], written)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
         finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+            os.close(fd)
 
 
 def set_block(lock_path: Path, marker: str, lines: list[str]) -> None:

@@ -349,13 +349,17 @@ class FineTuneJobStatus(StatusModel):
     artifacts: Artifacts | None = None
     """Produced artifacts."""
     trainer_job: str | None = None
-    """Name of the batch/v1 Job that runs the trainer (GPU)."""
+    """Name of the batch/v1 Job that runs the trainer (GPU); for several nodes on a server without Indexed Jobs, the Job of node rank 0 (the others end in -r1, -r2, ...)."""
     export_job: str | None = None
     """Name of the batch/v1 Job that exports the trained adapter (CPU only), once training has finished."""
     output_destination: str | None = None
     """The destination the trainer writes to, fixed when its Job is created (output ownership follows this, not the spec)."""
     retries: Annotated[int, Field(ge=0)] = 0
     """Trainer pod failures so far."""
+    placement_retries: Annotated[int, Field(ge=0)] = 0
+    """How often a multi-node run's pods were removed because some ranks were placed and another could not be (all ranks run together or none holds GPUs)."""
+    placement_retry_at: datetime | None = None
+    """Set while a multi-node run waits after such a removal: when its ranks are placed again."""
     start_time: datetime | None = None
     """When training started."""
     completion_time: datetime | None = None

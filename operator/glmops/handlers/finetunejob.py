@@ -37,6 +37,7 @@ from glmops.plan import names
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
 from glmops.plan.finetune import (
+    COMPONENT_LABEL,
     FTJ_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -46,6 +47,7 @@ from glmops.plan.finetune import (
     GpuNode,
     JobMeta,
     plan_finetune,
+    plan_trainer_jobs,
 )
 from glmops.plan.status import (
     TERMINAL,
@@ -56,6 +58,7 @@ from glmops.plan.status import (
     admission_status,
     is_warning,
     next_status,
+    observe_ranks,
 )
 from glmops.plan.storage import credential_secrets
 from glmops.plan.synthetic_source import resolve_dataset_source
@@ -92,6 +95,9 @@ async def ftj_polled(namespace: str | None, name: str, status: kopf.Status, **_:
     if phase == Phase.training:
         return {"progress": (str(namespace), name)}
     if phase == Phase.pending and not status.get("trainerJob"):
+        return {"waiting": (str(namespace), name)}
+    if phase == Phase.pending and int((status.get("plan") or {}).get("nodes") or 1) > 1:
+        # The placement rule of a multi-node run counts time: nothing raises an event when it runs out.
         return {"waiting": (str(namespace), name)}
     return None
 
@@ -355,8 +361,18 @@ def _decide(memo: kopf.Memo, body: Mapping[str, Any], outputs: kopf.Index[Any, s
 
 
 def _children(name: str, status: FineTuneJobStatus) -> list[tuple[str, str]]:
-    found = [("Job", n) for n in (status.trainer_job, status.export_job) if n]
+    found = [("Job", n) for n in (*_trainer_job_names(name, status), status.export_job) if n]
     return found + [("Service", names.trainer_service_name(name))]
+
+
+def _trainer_job_names(name: str, status: FineTuneJobStatus) -> list[str]:
+    """The trainer's Jobs: one, or for a multi-node run on a server without Indexed Jobs one per node rank."""
+    if not status.trainer_job:
+        return []
+    nodes = status.plan.nodes if status.plan else 1
+    if nodes > 1 and status.trainer_job == names.trainer_rank_job_name(name, 0):
+        return [names.trainer_rank_job_name(name, rank) for rank in range(nodes)]
+    return [status.trainer_job]
 
 
 def _after_write(api: client.ApiClient, body: Mapping[str, Any], decision: Decision, children: list[tuple[str, str]]) -> None:
@@ -366,6 +382,12 @@ def _after_write(api: client.ApiClient, body: Mapping[str, Any], decision: Decis
         # than take the vanished Job for someone else's doing.
         for kind, child in children:
             kube.delete_child(api, kind, namespace, child)
+    elif decision.withdraw_trainer:
+        # Status first (placementRetryAt says the Jobs' absence is ours), then the half-placed attempt
+        # goes. Foreground: each Job stays until its pods are gone, and the next attempt waits for the
+        # Jobs, so it never competes with its own terminating pods for their nodes.
+        for child in _trainer_job_names(body["metadata"]["name"], decision.status):
+            kube.delete_child(api, "Job", namespace, child, propagation="Foreground")
     if decision.event is not None:
         event = decision.event
         try:
@@ -410,10 +432,11 @@ def _admit(
     if dataset_problem is not None:
         found = [dataset_problem, *(p for p in found if p.reason != Reason.synthetic_dataset_not_ready)]
     if found:
-        existing = kube.get_job(api, namespace, trainer_name)
-        if existing is not None and kube.owned_by(existing, str(meta["uid"])):
-            # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
-            return _admitted(status, generation, trainer_name, destination, now), []
+        for candidate in (trainer_name, names.trainer_rank_job_name(name, 0)):  # one Job, or rank 0's of one per rank
+            existing = kube.get_job(api, namespace, candidate)
+            if existing is not None and kube.owned_by(existing, str(meta["uid"])):
+                # Admitted before (a status lost in a restore): only observe now, never fail a running trainer.
+                return _admitted(status, generation, candidate, destination, now), []
         adm = Admission(
             generation,
             problems=tuple(str(p) for p in found),
@@ -437,6 +460,7 @@ def _admit(
         message = f"the cluster refused the trainer's objects: {kube.describe_error(exc)}; fix spec.resources or spec.podTemplate"
         adm = Admission(generation, problems=(message,), problem_reason=Reason.api_rejected, now=now)
         return admission_status(status, adm), [(o["kind"], o["metadata"]["name"]) for o in plan.objects]
+    trainer_name = next(o["metadata"]["name"] for o in plan.objects if o["kind"] == "Job")  # rank 0's in the per-rank form
     adm = Admission(
         generation, trainer_job=trainer_name, destination=destination, now=now,
         advisories=tuple(str(p) for p in plan.advisories),
@@ -495,8 +519,25 @@ def _observe_and_decide(
     meta = body["metadata"]
     namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
     spec_raw = body.get("spec") or {}
-    trainer_job = kube.get_job(api, namespace, status.trainer_job) if status.trainer_job else None
-    trainer = observe_job(api, namespace, trainer_job)
+    nodes = status.plan.nodes if status.plan else 1
+    jobs_left = 0
+    if nodes > 1 and status.trainer_job:
+        # Every rank: the Jobs and pods of the run, one list each.
+        selector = f"{FTJ_LABEL}={name},{COMPONENT_LABEL}=trainer"
+        jobs = kube.list_jobs(api, namespace, selector)
+        pods = kube.list_pods(api, namespace, selector)
+        trainer = observe_ranks(jobs, pods, _trainer_job_names(name, status), nodes)
+        trainer_job = next((j for j in jobs if j["metadata"]["name"] == status.trainer_job), None)
+        jobs_left = len(jobs)
+        # The Service outlives a withdrawn attempt and carries the same spec hashes.
+        created_from_obj = trainer_job or kube.get_child(api, "Service", namespace, names.trainer_service_name(name))
+        rank_zero = trainer.ranks[0] if trainer.ranks else None
+        progress_ip = rank_zero.pod_ip if rank_zero and rank_zero.pod_phase == "Running" else ""
+    else:
+        trainer_job = kube.get_job(api, namespace, status.trainer_job) if status.trainer_job else None
+        trainer = observe_job(api, namespace, trainer_job)
+        created_from_obj = trainer_job
+        progress_ip = ""
     export_job = kube.get_job(api, namespace, status.export_job) if status.export_job else None
     export = observe_job(api, namespace, export_job) if status.export_job else None
     try:
@@ -504,12 +545,15 @@ def _observe_and_decide(
     except ValidationError:
         spec = None  # an edit the schema would refuse on a current cluster; the hashes cannot match
     changed: tuple[str, ...] = ()
-    if trainer_job is not None and spec is not None:
-        created_from = parse_section_hashes((trainer_job["metadata"].get("annotations") or {}).get(SPEC_SECTIONS_ANNOTATION))
+    if created_from_obj is not None and spec is not None:
+        created_from = parse_section_hashes((created_from_obj["metadata"].get("annotations") or {}).get(SPEC_SECTIONS_ANNOTATION))
         changed = tuple(changed_sections(created_from, spec))
     progress = None
     if trainer.pod_phase == "Running" and export is None and status.phase not in TERMINAL:
-        progress = read_progress(trainer_job, api, namespace, uid, settings)
+        if nodes > 1:
+            progress = read_progress_at(progress_ip, settings.trainer_metrics_port, namespace, uid) if progress_ip else None
+        else:
+            progress = read_progress(trainer_job, api, namespace, uid, settings)
     obs = Observation(
         generation=generation,
         trainer=trainer,
@@ -518,11 +562,37 @@ def _observe_and_decide(
         changed_sections=changed,
         cancel=spec_raw.get("cancel") is True,
         max_retries=int((spec_raw.get("failurePolicy") or {}).get("maxRetries", 3)),
+        trainer_jobs_left=jobs_left,
+        gang_placement_seconds=settings.gang_placement_seconds,
+        gang_retry_seconds=settings.gang_retry_seconds,
     )
     decision = next_status(status, obs)
     if decision.create_export and trainer_job is not None and spec is not None:
         decision = _create_export(memo, body, spec, trainer_job, trainer, decision)
+    if decision.recreate_trainer and spec is not None and not changed:
+        _place_ranks_again(memo, body, spec, decision)
     return decision, _children(name, decision.status)
+
+
+def _place_ranks_again(memo: kopf.Memo, body: Mapping[str, Any], spec: FineTuneJobSpec, decision: Decision) -> None:
+    """Create a withdrawn multi-node run's Jobs again (as admission made them), then clear placementRetryAt."""
+    api: client.ApiClient = memo.api
+    meta = body["metadata"]
+    job_meta = JobMeta(str(meta["name"]), str(meta["namespace"]), str(meta["uid"]), int(meta.get("generation") or 1))
+    dataset_source: str | None = spec.dataset.source
+    synthetic = synthetic_name(spec.dataset.source)
+    if synthetic:
+        # The SyntheticDataset was Ready at admission and its output cannot change since; read it again.
+        dataset = kube.get_custom(api, SDS_PLURAL, job_meta.namespace, synthetic)
+        dataset_source, problem = resolve_dataset_source(spec.dataset.source, job_meta.namespace, dataset)
+        if dataset_source is None:
+            log.warning("FineTuneJob %s/%s: not placing the ranks again yet: %s", job_meta.namespace, job_meta.name, problem)
+            return
+    for job in plan_trainer_jobs(job_meta, spec, memo.settings, memo.server_minor, dataset_source):
+        kopf.adopt(job, owner=kopf.Body(dict(body)))  # type: ignore[arg-type]
+        kube.apply_child(api, job, str(meta["uid"]))
+    log.info("FineTuneJob %s/%s: placing all ranks again", meta["namespace"], meta["name"])
+    decision.status.placement_retry_at = None
 
 
 def _create_export(
@@ -618,6 +688,18 @@ def read_progress(
             log.warning("progress of %s/%s not read from %s:%d: %s", namespace, pod["metadata"]["name"], pod_ip, port, exc)
             return None
     return None
+
+
+def read_progress_at(pod_ip: str, port: int, namespace: str, uid: str) -> ProgressRecord | None:
+    """The trainer's progress from the endpoint of rank 0's pod; None when it cannot be read."""
+    text = kube.read_pod_endpoint(pod_ip, port, METRICS_PATH)
+    if text is None:
+        return None
+    try:
+        return parse_metrics(text, expected_uid=uid)
+    except MetricsError as exc:
+        log.warning("progress of a trainer in %s not read from %s:%d: %s", namespace, pod_ip, port, exc)
+        return None
 
 
 def _metrics_port(pod: Mapping[str, Any]) -> int | None:

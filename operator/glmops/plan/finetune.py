@@ -37,6 +37,7 @@ from glmops.plan.placement import (
 from glmops.plan.problems import Problem
 from glmops.plan.quantity import scale_quantity
 from glmops.plan.storage import credential_env, credential_secrets, storage_problems
+from glmops.plan.trainer_ranks import COMPLETION_INDEX_ANNOTATION, NODE_RANK_LABEL
 from glmops.settings import Settings
 
 __all__ = ["GPU_COUNT_LABEL", "GPU_MEMORY_LABEL", "GPU_PRODUCT_LABEL", "GPU_RESOURCE", "GpuNode", "Problem"]
@@ -55,6 +56,15 @@ SCRATCH_DIR = "/scratch"  # writable emptyDir (HOME, TMPDIR); a dedicated path s
 CONFIG_ANNOTATION = "glmops.io/trainer-config"  # pod template annotation, mounted as CONFIG_FILE
 RENDEZVOUS_PORT = 29500
 MIN_INDEXED_JOB_MINOR = 24  # Indexed Jobs with stable pod hostnames are GA from 1.24
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def multi_node_form(nodes: int, server_minor: int) -> str:
+    """How a run of `nodes` pods is laid out: "single" (one pod), "indexed" (one Indexed Job of
+    `nodes` pods) or "per-rank" (one Job per node rank, for servers without Indexed Jobs)."""
+    if nodes <= 1:
+        return "single"
+    return "indexed" if server_minor >= MIN_INDEXED_JOB_MINOR else "per-rank"
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,33 @@ class FineTunePlan:
 
 def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, settings: Settings) -> FineTunePlan:
     """Check the job against the cluster and, when it can run, build its trainer objects."""
+    training, memory, placement = _size(spec, settings)
+    problems = validate_finetune(meta, spec, training, memory, placement, facts)
+    advisories: list[Problem] = []
+    if settings.placement_check == "advisory":
+        # Pools that scale from zero have no fitting node until a pod is pending: run, and say so.
+        advisories = [p for p in problems if p.reason is Reason.not_enough_gpus and p.field == "spec.resources"]
+        problems = [p for p in problems if p not in advisories]
+    if problems:
+        return FineTunePlan(training, memory, placement, tuple(problems), {}, ())
+    config = render_trainer_config(meta, spec, training, settings, facts.dataset_source)
+    objects = build_trainer_objects(meta, spec, placement, config, settings, facts.server_minor)
+    return FineTunePlan(training, memory, placement, (), config, tuple(objects), tuple(advisories))
+
+
+def plan_trainer_jobs(
+    meta: JobMeta, spec: FineTuneJobSpec, settings: Settings, server_minor: int, dataset_source: str | None = None
+) -> list[dict[str, Any]]:
+    """The trainer Jobs of an admitted job, made again as admission made them (a multi-node run whose
+    half-placed attempt was withdrawn); nothing is checked again, the job was admitted.
+    `dataset_source` is the file a synthetic:// source resolved to, as at admission."""
+    training, _memory, placement = _size(spec, settings)
+    config = render_trainer_config(meta, spec, training, settings, dataset_source)
+    objects = build_trainer_objects(meta, spec, placement, config, settings, server_minor)
+    return [o for o in objects if o["kind"] == "Job"]
+
+
+def _size(spec: FineTuneJobSpec, settings: Settings) -> tuple[ResolvedTraining, MemoryPlan, Placement]:
     training = resolve_training(spec)
     gpus_per_node = default_gpus_per_node(spec)
     memory = plan_memory(
@@ -133,17 +170,7 @@ def plan_finetune(meta: JobMeta, spec: FineTuneJobSpec, facts: ClusterFacts, set
         gpus_per_node=gpus_per_node,
         min_gpu_memory_mib=_min_gpu_memory_mib(spec, memory, settings),
     )
-    problems = validate_finetune(meta, spec, training, memory, placement, facts)
-    advisories: list[Problem] = []
-    if settings.placement_check == "advisory":
-        # Pools that scale from zero have no fitting node until a pod is pending: run, and say so.
-        advisories = [p for p in problems if p.reason is Reason.not_enough_gpus and p.field == "spec.resources"]
-        problems = [p for p in problems if p not in advisories]
-    if problems:
-        return FineTunePlan(training, memory, placement, tuple(problems), {}, ())
-    config = render_trainer_config(meta, spec, training, settings, facts.dataset_source)
-    objects = build_trainer_objects(meta, spec, placement, config, settings)
-    return FineTunePlan(training, memory, placement, (), config, tuple(objects), tuple(advisories))
+    return training, memory, placement
 
 
 def _min_gpu_memory_mib(spec: FineTuneJobSpec, memory: MemoryPlan, settings: Settings) -> int:
@@ -188,13 +215,15 @@ def validate_finetune(
                 f"{placement.gpus_per_node * placement.nodes} GPU(s) cannot hold it; use gpusPerNode: 8",
             )
         )
-    if placement.nodes > 1 and facts.server_minor < MIN_INDEXED_JOB_MINOR:
+    if spec.queue_name and multi_node_form(placement.nodes, facts.server_minor) == "per-rank":
+        # Kueue admits a Job as one workload; one Job per rank would be admitted rank by rank.
         problems.append(
             Problem(
                 Reason.multi_node_unsupported,
-                "spec.resources.nodes",
-                f"multi-node training needs Indexed Jobs (Kubernetes >= 1.{MIN_INDEXED_JOB_MINOR}); this cluster "
-                f"is 1.{facts.server_minor}; set nodes: 1 or upgrade the cluster",
+                "spec.queueName",
+                f"a multi-node run admitted through Kueue must be one Indexed Job (Kubernetes >= 1.{MIN_INDEXED_JOB_MINOR}) "
+                f"for Kueue to admit all ranks at once; this cluster is 1.{facts.server_minor}; remove queueName "
+                "(the operator then places the ranks all-or-nothing itself) or upgrade the cluster",
             )
         )
     for secret_field, secret in credential_secrets(spec):
@@ -390,55 +419,89 @@ def child_labels(meta: JobMeta, component: str) -> dict[str, str]:
 
 
 def build_trainer_objects(
-    meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, config: dict[str, Any], settings: Settings
+    meta: JobMeta,
+    spec: FineTuneJobSpec,
+    placement: Placement,
+    config: dict[str, Any],
+    settings: Settings,
+    server_minor: int = 30,
 ) -> list[dict[str, Any]]:
-    """The trainer Job (carrying its config), and for several nodes a headless Service first."""
+    """The trainer Job(s) carrying the config; for several nodes a headless Service first.
+
+    Several nodes run as one Indexed Job where the server has them, else as one Job per node
+    rank (`multi_node_form`); either way every pod has a stable `hostname.subdomain` under the
+    Service, which is how the other ranks reach rank 0.
+    """
     labels = child_labels(meta, "trainer")
-    objects: list[dict[str, Any]] = []
-    multi_node = placement.nodes > 1
-    if multi_node:
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": names.trainer_service_name(meta.name), "namespace": meta.namespace, "labels": labels},
-                "spec": {
-                    "clusterIP": "None",
-                    "selector": {FTJ_LABEL: meta.name},
-                    "publishNotReadyAddresses": True,
-                    "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
-                },
-            }
-        )
-    objects.append(_trainer_job(meta, spec, placement, settings, labels, multi_node, config))
-    return objects
+    form = multi_node_form(placement.nodes, server_minor)
+    if form == "single":
+        return [_trainer_job(meta, spec, placement, settings, labels, config, form)]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.trainer_service_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": labels,
+            # It outlives a withdrawn attempt's Jobs: what they were made from stays readable.
+            "annotations": {SPEC_SECTIONS_ANNOTATION: json.dumps(spec_section_hashes(spec), sort_keys=True)},
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {FTJ_LABEL: meta.name, COMPONENT_LABEL: "trainer"},
+            # Ranks rendezvous before any of them is "ready": their names must resolve at once.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+    if form == "indexed":
+        return [service, _trainer_job(meta, spec, placement, settings, labels, config, form)]
+    return [service, *(_trainer_job(meta, spec, placement, settings, labels, config, form, rank) for rank in range(placement.nodes))]
 
 
-def _trainer_command(meta: JobMeta, placement: Placement, config_path: str) -> list[str]:
+def rank_zero_address(meta: JobMeta, form: str) -> str:
+    """The name under which the other ranks reach rank 0 (`hostname.subdomain`, resolved through the
+    search path of the pod's namespace)."""
+    service = names.trainer_service_name(meta.name)
+    if form == "indexed":
+        return f"{names.trainer_job_name(meta.name)}-0.{service}"  # the Job controller names pod hostnames <job>-<index>
+    return f"{names.trainer_rank_job_name(meta.name, 0)}.{service}"
+
+
+def _trainer_command(meta: JobMeta, placement: Placement, config_path: str, form: str) -> list[str]:
     trainer = ["-m", "glmops_trainer", "train", "--config", config_path]
     if placement.nodes == 1 and placement.gpus_per_node == 1:
         return ["python", *trainer]
     if placement.nodes == 1:
         return ["torchrun", "--standalone", f"--nproc-per-node={placement.gpus_per_node}", *trainer]
-    job = names.trainer_job_name(meta.name)
-    service = names.trainer_service_name(meta.name)
     # $(NODE_RANK) is expanded by the kubelet from the pod's env, not by a shell.
     return [
         "torchrun",
         f"--nnodes={placement.nodes}",
         f"--nproc-per-node={placement.gpus_per_node}",
         "--node-rank=$(NODE_RANK)",
-        f"--master-addr={job}-0.{service}",
+        f"--master-addr={rank_zero_address(meta, form)}",
         f"--master-port={RENDEZVOUS_PORT}",
         *trainer,
     ]
 
 
-def _node_affinity(spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any]:
-    return gpu_node_affinity(placement.min_gpu_memory_mib, placement.gpus_per_node, spec.resources.gpu_product)
+def _affinity(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement) -> dict[str, Any]:
+    affinity = gpu_node_affinity(placement.min_gpu_memory_mib, placement.gpus_per_node, spec.resources.gpu_product)
+    if placement.nodes > 1:
+        # One pod per node: the memory plan and gpusPerNode assume each rank has a node's GPUs to itself.
+        affinity["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {FTJ_LABEL: meta.name, COMPONENT_LABEL: "trainer"}},
+                    "topologyKey": HOSTNAME_TOPOLOGY,
+                }
+            ]
+        }
+    return affinity
 
 
-def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: Settings) -> list[dict[str, Any]]:
+def _env(meta: JobMeta, spec: FineTuneJobSpec, settings: Settings, form: str, rank: int | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         # The root filesystem is read-only; everything writable is under the scratch emptyDir.
         {"name": "HOME", "value": SCRATCH_DIR},
@@ -450,13 +513,10 @@ def _env(meta: JobMeta, spec: FineTuneJobSpec, placement: Placement, settings: S
         {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
-    if placement.nodes > 1:
-        env.append(
-            {
-                "name": "NODE_RANK",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
-            }
-        )
+    if form == "indexed":
+        env.append({"name": "NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}})
+    elif form == "per-rank":
+        env.append({"name": "NODE_RANK", "value": str(rank)})
     # Secrets are referenced, never copied (glmops.plan.storage).
     env += credential_env(spec)
     return env
@@ -501,8 +561,9 @@ def _trainer_job(
     placement: Placement,
     settings: Settings,
     labels: dict[str, str],
-    multi_node: bool,
     config: dict[str, Any],
+    form: str,
+    rank: int | None = None,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(meta, spec, settings, str(config["data"]["source"]))
     gpus = str(placement.gpus_per_node)
@@ -511,8 +572,8 @@ def _trainer_job(
     container = {
         "name": "trainer",
         "image": settings.trainer_image,
-        "command": _trainer_command(meta, placement, f"{settings.config_mount_dir}/{CONFIG_FILE}"),
-        "env": _env(meta, spec, placement, settings),
+        "command": _trainer_command(meta, placement, f"{settings.config_mount_dir}/{CONFIG_FILE}", form),
+        "env": _env(meta, spec, settings, form, rank),
         "resources": {
             "requests": {"cpu": cpu, "memory": memory, GPU_RESOURCE: gpus},
             "limits": {"memory": memory, GPU_RESOURCE: gpus},
@@ -523,7 +584,7 @@ def _trainer_job(
         "securityContext": container_security_context(),
     }
     ports: list[dict[str, Any]] = [{"name": METRICS_PORT_NAME, "containerPort": settings.trainer_metrics_port}]
-    if multi_node:
+    if form != "single":
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
     container["ports"] = ports
     pod_spec: dict[str, Any] = {
@@ -531,7 +592,7 @@ def _trainer_job(
         "automountServiceAccountToken": False,  # the trainer never talks to the API
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        "affinity": _node_affinity(spec, placement),
+        "affinity": _affinity(meta, spec, placement),
         "tolerations": gpu_tolerations(spec.resources.tolerations),
         "containers": [container],
         "volumes": volumes,
@@ -539,18 +600,25 @@ def _trainer_job(
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     apply_pod_template(pod_spec, spec)
+    name = names.trainer_job_name(meta.name) if rank is None else names.trainer_rank_job_name(meta.name, rank)
+    pod_labels = dict(labels)
     job_spec: dict[str, Any] = {
         # Kubernetes replaces a failed pod up to backoffLimit times: maxRetries retries, maxRetries+1 pods.
         "backoffLimit": spec.failure_policy.max_retries,
-        "template": {
-            "metadata": pod_metadata(labels, spec, {CONFIG_ANNOTATION: json.dumps(config, indent=2, sort_keys=True)}),
-            "spec": pod_spec,
-        },
     }
-    if multi_node:
+    if form != "single":
         pod_spec["subdomain"] = names.trainer_service_name(meta.name)
+    if form == "indexed":
+        # The Job controller gives pod <index> the hostname <job>-<index> and NODE_RANK its index.
         job_spec.update({"completionMode": "Indexed", "completions": placement.nodes, "parallelism": placement.nodes})
-    job_labels = dict(labels)
+    elif form == "per-rank":
+        pod_spec["hostname"] = name
+        pod_labels[NODE_RANK_LABEL] = str(rank)
+    job_spec["template"] = {
+        "metadata": pod_metadata(pod_labels, spec, {CONFIG_ANNOTATION: json.dumps(config, indent=2, sort_keys=True)}),
+        "spec": pod_spec,
+    }
+    job_labels = dict(pod_labels)
     if spec.queue_name:
         # Kueue admits the Job by unsuspending it once the queue's quota allows.
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
@@ -559,12 +627,7 @@ def _trainer_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": names.trainer_job_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": job_labels,
-            "annotations": annotations,
-        },
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": job_labels, "annotations": annotations},
         "spec": job_spec,
     }
 

@@ -22,6 +22,12 @@ def trainer_job_name(ftj: str) -> str:
     return child_name(ftj, "trainer", max_length=52)
 
 
+def trainer_rank_job_name(ftj: str, rank: int) -> str:
+    """The Job of node rank `rank` in the per-rank form of a multi-node run (servers without Indexed
+    Jobs). Its pod's hostname is this name too, so it must stay a DNS label: <= 52 like the others."""
+    return child_name(ftj, f"trainer-r{rank}", max_length=52)
+
+
 def trainer_service_name(ftj: str) -> str:
     """The headless Service that gives multi-node trainer pods stable DNS names."""
     return child_name(ftj, "trainer")

@@ -9,13 +9,16 @@ resourceVersion it read). Terminal phases are absorbing: once Succeeded, Failed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from glmops.api.common import ConditionStatus
 from glmops.api.finetunejob import FineTuneJobStatus, Phase
 from glmops.conditions import ConditionType, Reason, find_condition, set_condition
 from glmops.contract.records import ProgressRecord, ResultRecord
+from glmops.plan.trainer_ranks import RankObservation, gang_stuck, observe_rank, rank_of, retry_delay_seconds
 from glmops.trainer_protocol import artifacts_from_results, progress_from_record
 
 TERMINAL = frozenset({Phase.succeeded, Phase.failed, Phase.cancelled})
@@ -42,6 +45,67 @@ class JobObservation:
     waiting_message: str = ""
     result: ResultRecord | None = None  # the newest terminated pod's termination message
     finished_at: str = ""  # when the Job completed (RFC 3339)
+    ranks: tuple[RankObservation, ...] = ()  # a multi-node run: the newest pod of each node rank
+
+
+def _true_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c["type"]: c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+
+
+def observe_ranks(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]], expected_jobs: Sequence[str], nodes: int) -> JobObservation:
+    """One `JobObservation` of a multi-node trainer from its Jobs (`expected_jobs` by name) and their pods.
+
+    Pods of a Job that was deleted and made again under the same name are told apart by the
+    owner's uid. The run has succeeded when every Job completed, failed when any Job gave up,
+    and is missing when any expected Job is gone.
+    """
+    live = {str(j["metadata"]["name"]): j for j in jobs if not j["metadata"].get("deletionTimestamp")}
+    missing = any(name not in live for name in expected_jobs)
+    owned = {str(live[n]["metadata"].get("uid")): n for n in expected_jobs if n in live}
+    newest: dict[int, Mapping[str, Any]] = {}
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", ""))):
+        owners = {str(r.get("uid")) for r in pod["metadata"].get("ownerReferences") or []}
+        rank = rank_of(pod)
+        if rank is not None and 0 <= rank < nodes and owners & owned.keys():
+            newest[rank] = pod
+    ranks = tuple(observe_rank(k, newest.get(k)) for k in range(nodes))
+    conditions = {n: _true_conditions(live[n]) for n in expected_jobs if n in live}
+    failed_job = next((n for n in expected_jobs if "Failed" in conditions.get(n, {})), None)
+    failure_message = ""
+    if failed_job is not None:
+        failed = conditions[failed_job]["Failed"]
+        failed_rank = next((r.rank for r in ranks if r.pod_phase == "Failed"), None)
+        where = f"rank {failed_rank}: " if failed_rank is not None else ""
+        failure_message = where + str(failed.get("message") or failed.get("reason") or "")
+    # A user error on any rank is the verdict; otherwise rank 0 writes the result.
+    results = [r.result for r in ranks if r.result is not None]
+    result = next((r for r in results if r.status == "Failed" and r.reason in USER_ERRORS), ranks[0].result if ranks else None)
+    phases = {r.pod_phase for r in ranks}
+    if phases == {"Succeeded"}:
+        pod_phase = "Succeeded"
+    elif "Running" in phases and phases <= {"Running", "Succeeded"}:
+        pod_phase = "Running"
+    else:
+        pod_phase = "Failed" if "Failed" in phases else "Pending"
+    unplaced = next((r for r in ranks if r.unschedulable_message), None)
+    waiting = next((r for r in ranks if r.waiting_reason), None)
+    return JobObservation(
+        missing=missing,
+        succeeded=not missing and bool(expected_jobs) and all("Complete" in conditions[n] for n in expected_jobs),
+        failed=failed_job is not None,
+        failure_message=failure_message,
+        failed_pods=max((int((live[n].get("status") or {}).get("failed") or 0) for n in live if n in expected_jobs), default=0),
+        suspended=any(bool((live[n].get("spec") or {}).get("suspend")) for n in live if n in expected_jobs),
+        pod_name=ranks[0].pod_name if ranks else "",
+        pod_phase=pod_phase,
+        node_name=ranks[0].node_name if ranks else "",
+        unschedulable_message=f"rank {unplaced.rank}: {unplaced.unschedulable_message}" if unplaced else "",
+        waiting_reason=waiting.waiting_reason if waiting else "",
+        waiting_message=f"rank {waiting.rank}: {waiting.waiting_message or waiting.waiting_reason}" if waiting else "",
+        result=result,
+        finished_at=max((str((live[n].get("status") or {}).get("completionTime") or "") for n in live if n in expected_jobs), default=""),
+        ranks=ranks,
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +120,9 @@ class Observation:
     cancel: bool = False
     max_retries: int = 3
     needs_export: bool = True  # always: the export publishes even an adapter-only job's manifest
+    trainer_jobs_left: int = 0  # a multi-node run: trainer Jobs that still exist, terminating ones included
+    gang_placement_seconds: float = 300.0  # settings.gang_placement_seconds
+    gang_retry_seconds: float = 30.0  # settings.gang_retry_seconds
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -76,6 +143,8 @@ class Decision:
     create_export: bool = False  # create the export Job, then record its name (before the write)
     stop_children: bool = False  # delete the run's Jobs (after the write: the status says why first)
     event: PhaseDecision | None = None  # a transition worth an event (after the write)
+    withdraw_trainer: bool = False  # delete the trainer Jobs of a half-placed multi-node run (after the write)
+    recreate_trainer: bool = False  # create the trainer Jobs again, then clear placementRetryAt (before the write)
 
 
 def cancelled_by_request() -> PhaseDecision:
@@ -141,11 +210,17 @@ def decide_phase(status: FineTuneJobStatus, obs: Observation) -> PhaseDecision:
         )
     if trainer.pod_phase == "Running":
         retry = f" (retry {trainer.failed_pods} of {obs.max_retries}, resuming from the last checkpoint)" if trainer.failed_pods else ""
-        return PhaseDecision(Phase.training, Reason.training, f"the trainer is running{retry}")
+        who = f"all {len(trainer.ranks)} ranks of the trainer are" if trainer.ranks else "the trainer is"
+        return PhaseDecision(Phase.training, Reason.training, f"{who} running{retry}")
     if trainer.pod_phase == "Succeeded":
         # The pod has ended well and the Job controller marks the Job Complete a moment later:
         # still the training step, never back to "waiting for the trainer pod to start".
         return PhaseDecision(Phase.training, Reason.training, "the trainer finished; waiting for its Job to record it")
+    if trainer.ranks:
+        running = sum(r.pod_phase == "Running" for r in trainer.ranks)
+        return PhaseDecision(
+            Phase.pending, Reason.pending, f"{running} of {len(trainer.ranks)} ranks are running; training starts when all are"
+        )
     return PhaseDecision(Phase.pending, Reason.pending, "waiting for the trainer pod to start")
 
 
@@ -192,8 +267,19 @@ def next_status(current: FineTuneJobStatus, obs: Observation) -> Decision:
         # Absorbing: nothing observed later changes an ended job; children still alive are stopped.
         return Decision(status, stop_children=alive and status.phase is not Phase.succeeded)
     gen = obs.generation
-    decision = decide_phase(status, obs)
     previous = find_condition(status.conditions, ConditionType.succeeded)
+    if status.placement_retry_at is not None and not obs.cancel:
+        return _place_again(status, obs)
+    decision = decide_phase(status, obs)
+    withdraw = False
+    stuck = gang_stuck(obs.trainer.ranks, obs.now, obs.gang_placement_seconds) if decision.phase is Phase.pending else None
+    if stuck is not None:
+        # All ranks run together or none holds GPUs: remove this attempt, try again after a backoff.
+        withdraw = True
+        status.placement_retries += 1
+        delay = retry_delay_seconds(status.placement_retries, obs.gang_retry_seconds)
+        status.placement_retry_at = obs.now + timedelta(seconds=delay)
+        decision = _withdrawal(stuck[0], stuck[1], obs, delay, status.placement_retries)
 
     _set_immutability(status, obs, gen)
     _set_scheduled(status, obs.trainer, decision, gen, obs.now)
@@ -229,10 +315,36 @@ def next_status(current: FineTuneJobStatus, obs: Observation) -> Decision:
     # retry alike) and keeps Jobs that ended by themselves, with their pods' logs.
     stop = decision.phase is Phase.cancelled or (decision.phase is Phase.failed and alive)
     transition = previous is None or previous.reason != decision.reason
-    return Decision(status, create_export=create_export, stop_children=stop, event=decision if transition else None)
+    return Decision(
+        status, create_export=create_export, stop_children=stop, event=decision if transition else None, withdraw_trainer=withdraw
+    )
+
+
+def _withdrawal(stuck: RankObservation, holding: list[RankObservation], obs: Observation, delay: float, count: int) -> PhaseDecision:
+    held = ", ".join(f"rank {r.rank} on {r.node_name}" for r in holding)
+    return PhaseDecision(
+        Phase.pending,
+        Reason.gang_unschedulable,
+        f"rank {stuck.rank} could not be placed for {obs.gang_placement_seconds:.0f} s while the others held nodes "
+        f"({held}): {stuck.unschedulable_message}; the ranks run all together or not at all, so this attempt's pods "
+        f"were removed and hold no GPU; all ranks are placed again in {delay:.0f} s (removal {count}). "
+        "Free or add nodes that fit spec.resources, or lower spec.resources.nodes",
+    )
+
+
+def _place_again(status: FineTuneJobStatus, obs: Observation) -> Decision:
+    """A withdrawn multi-node run: once its backoff has passed and its old Jobs are gone, place all ranks again."""
+    assert status.placement_retry_at is not None
+    _set_immutability(status, obs, obs.generation)
+    if obs.now < status.placement_retry_at or obs.trainer_jobs_left or obs.changed_sections:
+        return Decision(status)  # an edited immutable section is never what the new attempt runs
+    status.observed_generation = obs.generation
+    return Decision(status, recreate_trainer=True)
 
 
 def _active(job: JobObservation) -> bool:
+    if job.ranks and not job.succeeded and any(r.pod_phase in ("Pending", "Running") for r in job.ranks):
+        return True  # one rank's Job gave up or went, the others' pods still run (and hold GPUs)
     return not (job.missing or job.succeeded or job.failed)
 
 
@@ -255,10 +367,17 @@ def _set_immutability(status: FineTuneJobStatus, obs: Observation, gen: int) -> 
 
 
 def _set_scheduled(status: FineTuneJobStatus, trainer: JobObservation, decision: PhaseDecision, gen: int, now: datetime) -> None:
-    if decision.reason == Reason.unschedulable:
+    if decision.reason in (Reason.unschedulable, Reason.gang_unschedulable):
         status.conditions = set_condition(
             status.conditions, ConditionType.scheduled, ConditionStatus.false, decision.reason, decision.message, gen, now
         )
+    elif trainer.ranks:
+        if all(r.node_name for r in trainer.ranks):
+            placed = ", ".join(f"rank {r.rank} on {r.node_name}" for r in trainer.ranks)
+            status.conditions = set_condition(
+                status.conditions, ConditionType.scheduled, ConditionStatus.true, Reason.scheduled,
+                f"all {len(trainer.ranks)} ranks are placed: {placed}", gen, now,
+            )
     elif trainer.pod_name and trainer.node_name:
         message = f"pod {trainer.pod_name} runs on node {trainer.node_name}"
         status.conditions = set_condition(
@@ -268,7 +387,7 @@ def _set_scheduled(status: FineTuneJobStatus, trainer: JobObservation, decision:
 
 def is_warning(decision: PhaseDecision) -> bool:
     """Whether an event for `decision` is a Warning (failures, unplaceable pods, vanished Jobs)."""
-    return decision.phase is Phase.failed or decision.reason in (Reason.unschedulable, Reason.trainer_job_deleted)
+    return decision.phase is Phase.failed or decision.reason in (Reason.unschedulable, Reason.gang_unschedulable, Reason.trainer_job_deleted)
 
 
 # --- before the trainer exists: admission ------------------------------------------------------
