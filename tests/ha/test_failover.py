@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import textwrap
 import threading
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from polling import wait_for
+from statedir import state_dir
 
 from glmops import kube
 from glmops.leader import holder_pod
@@ -66,13 +65,9 @@ if os.environ.get("GLMOPS_JOB", "").startswith("ha-"):
 
 @pytest.fixture
 def stand_in() -> Iterator[Path]:
-    site = REPO / ".state" / f"ha-{uuid.uuid4().hex[:8]}"
-    site.mkdir(parents=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(STAND_IN))
-    try:
+    with state_dir("ha") as site:
+        (site / "sitecustomize.py").write_text(textwrap.dedent(STAND_IN))
         yield site
-    finally:
-        shutil.rmtree(site, ignore_errors=True)
 
 
 def ftj(name: str) -> dict[str, Any]:

@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from kubernetes import client
 from operator_support import OperatorProcess, free_port
 from polling import wait_for
-
-from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
-from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
+from statedir import state_dir, tiny_flash_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "tests" / "data" / "datasets" / "agentic_small.jsonl"
@@ -65,20 +60,13 @@ if _job.startswith("spoof-") and "export" not in " ".join(sys.argv):
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """A folder for the tiny model and the outputs, which the pods read and write by file:// URI."""
-    path = REPO / ".state" / f"e2e-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with state_dir("e2e") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def flash_model(workdir: Path) -> Path:
-    tokenizer = build_tiny_tokenizer(workdir / "tokenizer")
-    return build_tiny_model(
-        "glm4_moe_lite", workdir / "model", tokenizer, dtype=torch.float32, **SMALL_CPU_OVERRIDES["glm4_moe_lite"]
-    )
+    return tiny_flash_model(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ rendezvous through rank 0's `hostname.subdomain` name, resolved by the cluster D
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from kubernetes import client
 from operator_support import OperatorProcess, free_port
 from polling import wait_for
+from statedir import state_dir
 
 from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
 from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
@@ -35,12 +34,8 @@ GANG_RETRY_SECONDS = 4
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """The tiny model and the outputs, which the pods read and write by file:// URI."""
-    path = REPO / ".state" / f"multinode-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with state_dir("multinode") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

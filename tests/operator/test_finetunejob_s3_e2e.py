@@ -10,21 +10,18 @@ at an existing server named by `GLMOPS_TEST_S3_ENDPOINT`.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from kubernetes import client
 from polling import wait_for
 from s3server import S3Server, start_s3_server
+from statedir import state_dir, tiny_flash_model
 
 from glmops_dev.cluster import KubeCluster
-from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
-from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "tests" / "data" / "datasets" / "agentic_small.jsonl"
@@ -48,14 +45,8 @@ def s3(cluster: KubeCluster) -> Iterator[S3Server]:
 @pytest.fixture(scope="module")
 def flash_model() -> Iterator[Path]:
     """A tiny Flash-architecture model the trainer pod reads by file:// URI."""
-    path = REPO / ".state" / f"s3-e2e-{uuid.uuid4().hex[:8]}"
-    tokenizer = build_tiny_tokenizer(path / "tokenizer")
-    try:
-        yield build_tiny_model(
-            "glm4_moe_lite", path / "model", tokenizer, dtype=torch.float32, **SMALL_CPU_OVERRIDES["glm4_moe_lite"]
-        )
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with state_dir("s3-e2e") as path:
+        yield tiny_flash_model(path)
 
 
 def _objects(s3: S3Server, bucket: str, prefix: str) -> dict[str, bytes]:

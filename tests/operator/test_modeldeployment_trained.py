@@ -12,19 +12,14 @@ tool call that llama.cpp's GLM-4.7 parser turns into `tool_calls`.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from modeldeployment_support import FTJ, GROUP, VERSION, create_mdep, custom, mdep, sha256_of
 from polling import wait_for
-
-from glmops_trainer.tiny.models import SMALL_CPU_OVERRIDES, build_tiny_model
-from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
+from statedir import state_dir, tiny_flash_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "tests" / "data" / "datasets" / "agentic_small.jsonl"
@@ -56,20 +51,13 @@ def _tool_request() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[st
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
     """The tiny model and the job's output, which the trainer and server pods open by file:// URI."""
-    path = REPO / ".state" / f"serve-trained-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with state_dir("serve-trained") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def flash_model(workdir: Path) -> Path:
-    tokenizer = build_tiny_tokenizer(workdir / "tokenizer")
-    return build_tiny_model(
-        "glm4_moe_lite", workdir / "model", tokenizer, dtype=torch.float32, **SMALL_CPU_OVERRIDES["glm4_moe_lite"]
-    )
+    return tiny_flash_model(workdir)
 
 
 def _finetunejob(model: Path, out: Path) -> dict[str, Any]:

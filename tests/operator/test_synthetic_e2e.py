@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from kubernetes import client
 from operator_support import OperatorProcess
 from polling import wait_for
+from statedir import state_dir
 
 from glmops_dev.cluster import KubeCluster
 from glmops_trainer.data.validate import load_and_validate
@@ -52,12 +51,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    path = REPO / ".state" / f"synthetic-e2e-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with state_dir("synthetic-e2e") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from fake_teacher import MODEL, WEATHER_TOOL, FakeTeacher, FaultProxy
 from kubernetes import client
 from operator_support import OperatorProcess
 from polling import wait_for
+from statedir import state_dir
 
 from glmops_dev.cluster import KubeCluster
 from glmops_trainer.data.validate import load_and_validate
@@ -44,12 +43,8 @@ def teacher_host(cluster: KubeCluster) -> str:
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """Prompts and outputs, which the generator pods read and write by file:// URI."""
-    path = REPO / ".state" / f"sds-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with state_dir("sds") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_prompts(path: Path, records: list[dict[str, Any]]) -> Path:
