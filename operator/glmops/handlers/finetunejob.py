@@ -68,8 +68,6 @@ log = logging.getLogger(__name__)
 
 API_RETRY_SECONDS = 15
 CONFLICT_RETRIES = 5
-WAIT_BACKOFF_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0)
-"""How soon a job waiting for a PVC or Secret looks again (then every 30 s)."""
 
 
 # --- indexes fed by the FineTuneJob watch (no list per reconcile) ------------------------------
@@ -195,60 +193,6 @@ def run_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **k
     """A trainer or export pod was scheduled, started, ended, or could not be placed."""
     assert namespace is not None
     converge(memo, namespace, _owning_ftj(body), kwargs["ftj_outputs"])
-
-
-class Poller:
-    """Looks at jobs that change without an event: training progress, and jobs waiting for a PVC or
-    Secret (on a backoff per job). One daemon thread; it reads the `ftj_polled` index."""
-
-    def __init__(self, memo: kopf.Memo, polled: kopf.Index[str, tuple[str, str]], outputs: kopf.Index[Any, str]) -> None:
-        self.memo, self.polled, self.outputs = memo, polled, outputs
-        self._stop = threading.Event()
-        self._next_look: dict[tuple[str, str], tuple[float, int]] = {}  # waiting job -> (when, tries)
-        self._thread = threading.Thread(target=self._run, name="glmops-poller", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _keys(self, kind: str) -> list[tuple[str, str]]:
-        for _ in range(3):  # the index changes in the event loop meanwhile; copy, retrying a torn read
-            try:
-                return list(self.polled.get(kind, []))
-            except RuntimeError:
-                continue
-        return []
-
-    def _run(self) -> None:
-        settings: Settings = self.memo.settings
-        tick = min(2.0, settings.progress_poll_seconds)
-        last_progress = 0.0
-        while not self._stop.wait(tick):
-            now = time.monotonic()
-            if now - last_progress >= settings.progress_poll_seconds:
-                last_progress = now
-                for namespace, name in self._keys("progress"):
-                    self._look(namespace, name)
-            waiting = set(self._keys("waiting"))
-            for key in list(self._next_look):
-                if key not in waiting:
-                    del self._next_look[key]
-            for key in waiting:
-                when, tries = self._next_look.get(key, (0.0, 0))
-                if now >= when:
-                    self._next_look[key] = (now + WAIT_BACKOFF_SECONDS[min(tries, len(WAIT_BACKOFF_SECONDS) - 1)], tries + 1)
-                    self._look(*key)
-
-    def _look(self, namespace: str, name: str) -> None:
-        try:
-            converge(self.memo, namespace, name, self.outputs)
-        except kopf.TemporaryError:
-            pass  # said in status; the next round tries again
-        except Exception:
-            log.exception("looking at FineTuneJob %s/%s failed", namespace, name)
 
 
 # --- the one writer of status -----------------------------------------------------------------

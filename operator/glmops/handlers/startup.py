@@ -11,9 +11,10 @@ from kubernetes import client, config
 
 from glmops import kube
 from glmops.api.common import GROUP
-from glmops.handlers import syntheticdataset
-from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache, Poller
+from glmops.handlers import finetunejob, syntheticdataset
+from glmops.handlers.finetunejob import DiffBaseHandoff, NodeCache
 from glmops.handlers.persistence import DIFFBASE_FIELD, ProgressAnnotations, StatusDiffBase
+from glmops.handlers.poller import Poller
 from glmops.metrics import OperatorMetrics
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
 from glmops.settings import Settings
@@ -69,9 +70,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     memo.job_fingerprints = {}  # FineTuneJob -> what ModelDeployments last saw of it (glmops.handlers.modeldeployment)
     # Progress and waiting jobs raise no event: a poller looks at them (no kopf timer, which
     # would need a finalizer on every training job).
-    memo.poller = Poller(memo, kwargs["ftj_polled"], kwargs["ftj_outputs"])
+    ftj_outputs, sds_outputs = kwargs["ftj_outputs"], kwargs["sds_outputs"]
+    memo.poller = Poller(
+        memo.settings, kwargs["ftj_polled"], lambda ns, name: finetunejob.converge(memo, ns, name, ftj_outputs), "FineTuneJob"
+    )
     memo.poller.start()
-    memo.synthetic_poller = syntheticdataset.Poller(memo, kwargs["sds_polled"], kwargs["sds_outputs"])
+    memo.synthetic_poller = Poller(
+        memo.settings, kwargs["sds_polled"], lambda ns, name: syntheticdataset.converge(memo, ns, name, sds_outputs), "SyntheticDataset"
+    )
     memo.synthetic_poller.start()
     memo.metrics = OperatorMetrics()
     memo.metrics.watch(kwargs["ftj_summaries"], kwargs["mdep_summaries"])

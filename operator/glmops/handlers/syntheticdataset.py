@@ -13,7 +13,6 @@ the FineTuneJobs that wait for it (`dataset.source: synthetic://NAME`). No final
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -76,7 +75,6 @@ log = logging.getLogger(__name__)
 
 API_RETRY_SECONDS = 15
 CONFLICT_RETRIES = 5
-WAIT_BACKOFF_SECONDS = (2.0, 4.0, 8.0, 15.0, 30.0)
 _TEACHER_REASONS = frozenset({Reason.teacher_not_found, Reason.teacher_not_ready})
 
 
@@ -185,50 +183,6 @@ def _look(memo: kopf.Memo, namespace: str, name: str, outputs: kopf.Index[Any, s
         pass  # said in status; the next look tries again
     except Exception:
         logger.exception("looking at SyntheticDataset %s/%s failed", namespace, name)
-
-
-class Poller:
-    """Looks at datasets that change without an event: progress of generating ones, and waiting ones
-    (a PVC or Secret to appear) on a backoff per dataset. One daemon thread."""
-
-    def __init__(self, memo: kopf.Memo, polled: kopf.Index[str, tuple[str, str]], outputs: kopf.Index[Any, str]) -> None:
-        self.memo, self.polled, self.outputs = memo, polled, outputs
-        self._stop = threading.Event()
-        self._next_look: dict[tuple[str, str], tuple[float, int]] = {}
-        self._thread = threading.Thread(target=self._run, name="glmops-synthetic-poller", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _keys(self, kind: str) -> list[tuple[str, str]]:
-        for _ in range(3):  # the index changes in the event loop meanwhile; copy, retrying a torn read
-            try:
-                return list(self.polled.get(kind, []))
-            except RuntimeError:
-                continue
-        return []
-
-    def _run(self) -> None:
-        settings: Settings = self.memo.settings
-        last_progress = 0.0
-        while not self._stop.wait(min(2.0, settings.progress_poll_seconds)):
-            now = time.monotonic()
-            if now - last_progress >= settings.progress_poll_seconds:
-                last_progress = now
-                for namespace, name in self._keys("progress"):
-                    _look(self.memo, namespace, name, self.outputs)
-            waiting = set(self._keys("waiting"))
-            for key in [k for k in self._next_look if k not in waiting]:
-                del self._next_look[key]
-            for key in waiting:
-                when, tries = self._next_look.get(key, (0.0, 0))
-                if now >= when:
-                    self._next_look[key] = (now + WAIT_BACKOFF_SECONDS[min(tries, len(WAIT_BACKOFF_SECONDS) - 1)], tries + 1)
-                    _look(self.memo, *key, self.outputs)
 
 
 # --- the one writer of status ---------------------------------------------------------------------
