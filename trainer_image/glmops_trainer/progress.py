@@ -19,13 +19,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from glmops.contract.config import METRICS_PATH
 from glmops.contract.records import (
     RESULT_LIMIT_BYTES,
     SCHEMA_VERSION,
@@ -35,6 +33,7 @@ from glmops.contract.records import (
     render_metrics,
 )
 from glmops.losscurve import LossHistory, read_loss_history
+from glmops_trainer.metrics_page import PageServer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class MetricsServer:
         self._record: ProgressRecord | None = None
         self._lock = threading.Lock()
         self._identity = (job, namespace, uid)
-        self._server: ThreadingHTTPServer | None = None
+        self._http: PageServer | None = None
         self.address, self.port = address, port
 
     def update(self, record: ProgressRecord) -> None:
@@ -88,40 +87,16 @@ class MetricsServer:
 
     def start(self) -> bool:
         """Bind and serve in the background; returns whether the endpoint is up."""
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != METRICS_PATH:
-                    self.send_error(404)
-                    return
-                body = owner.page().encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # a scrape every few seconds is not news for the pod log
-
-        try:
-            self._server = ThreadingHTTPServer((self.address, self.port), Handler)
-        except OSError as exc:
-            log.warning("progress endpoint %s:%d not served: %s", self.address, self.port, exc)
-            return False
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="glmops-metrics", daemon=True).start()
-        log.info("progress endpoint: http://%s:%d%s", self.address, self.port, METRICS_PATH)
-        return True
+        self._http = PageServer(self.address, self.port, self.page, "glmops-metrics")
+        served = self._http.start()
+        self.port = self._http.port
+        return served
 
     def stop(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
 
 def format_progress_line(event: ProgressEvent) -> str:

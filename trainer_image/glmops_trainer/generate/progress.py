@@ -11,11 +11,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from glmops.contract.synthetic import METRICS_PATH, GeneratorProgress, render_generator_metrics
+from glmops.contract.synthetic import GeneratorProgress, render_generator_metrics
 from glmops_trainer.generate.traces import Sample
+from glmops_trainer.metrics_page import PageServer
 
 log = logging.getLogger(__name__)
 LOG_INTERVAL_SECONDS = 10.0
@@ -84,7 +83,7 @@ class ProgressServer:
         self.address, self.port = address, port
         self.tally = tally
         self.identity = (dataset, namespace, uid)
-        self._server: ThreadingHTTPServer | None = None
+        self._http: PageServer | None = None
 
     def page(self) -> str:
         """The current metrics page."""
@@ -92,37 +91,13 @@ class ProgressServer:
 
     def start(self) -> bool:
         """Bind and serve in the background; whether the endpoint is up."""
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != METRICS_PATH:
-                    self.send_error(404)
-                    return
-                body = owner.page().encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes are not news
-
-        try:
-            self._server = ThreadingHTTPServer((self.address, self.port), Handler)
-        except OSError as exc:
-            log.warning("progress endpoint %s:%d not served: %s", self.address, self.port, exc)
-            return False
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="glmops-generator-metrics", daemon=True).start()
-        log.info("progress endpoint: http://%s:%d%s", self.address, self.port, METRICS_PATH)
-        return True
+        self._http = PageServer(self.address, self.port, self.page, "glmops-generator-metrics")
+        served = self._http.start()
+        self.port = self._http.port
+        return served
 
     def stop(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
