@@ -58,3 +58,16 @@ def test_a_trainer_result_or_garbage_is_not_a_generator_result() -> None:
     assert parse_generator_result(json.dumps({"v": 1, "status": "Succeeded", "step": 3})) is None  # the trainer's record
     assert parse_generator_result("Traceback (most recent call last): ...") is None
     assert parse_generator_result(json.dumps({"v": 1, "kind": "generator", "status": "Running"})) is None
+
+
+def test_the_generator_imports_no_ml_library() -> None:
+    # Its pod is a small CPU Job: importing torch or transformers would cost seconds and gigabytes.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, glmops_trainer.__main__ as m, glmops_trainer.generate.run, glmops_trainer.generate.progress; "
+        "print(sorted(x for x in ('torch', 'transformers', 'peft', 'bitsandbytes') if x in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
