@@ -29,6 +29,7 @@ from glmops import kube
 from glmops_dev.chart import (
     RELEASE,
     RELEASE_NAMESPACE,
+    crd_names,
     install_release,
     lease_holder,
     uninstall_release,
@@ -265,6 +266,7 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
     # --- helm uninstall: nothing of the operator stays; the CRDs and the user's objects do -------
     wait_for("every object of the release to go", lambda: release_objects(cluster, namespace) == [], 120,
              lambda: str(release_objects(cluster, namespace)))
-    for crd in ("finetunejobs.glmops.io", "modeldeployments.glmops.io", "syntheticdatasets.glmops.io"):
+    assert crd_names() == ["finetunejobs.glmops.io", "modeldeployments.glmops.io", "syntheticdatasets.glmops.io"]
+    for crd in crd_names():
         assert cluster.kubectl("get", "crd", crd, "-o", "name").stdout.strip()
     assert k.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "chart-e2e")["status"]["phase"] == "Succeeded"

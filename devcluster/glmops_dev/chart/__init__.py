@@ -27,12 +27,16 @@ from glmops_dev.binaries import repo_root
 
 RELEASE = "glmops"
 RELEASE_NAMESPACE = "glmops-system"
-CRD_NAMES = ("finetunejobs.glmops.io", "modeldeployments.glmops.io")
 
 
 def chart_dir() -> Path:
     """The chart's folder, `charts/glmops`."""
     return repo_root() / "charts" / "glmops"
+
+
+def crd_names() -> list[str]:
+    """The names of the CRDs the chart installs (its copies of crds/), e.g. finetunejobs.glmops.io."""
+    return sorted(str(yaml.safe_load(path.read_text())["metadata"]["name"]) for path in (chart_dir() / "files" / "crds").glob("*.yaml"))
 
 
 def local_values() -> dict[str, Any]:
@@ -96,7 +100,7 @@ def adopt_crds(api: Any, name: str = RELEASE, namespace: str = RELEASE_NAMESPACE
     from glmops import kube
 
     adopted = []
-    for crd in CRD_NAMES:
+    for crd in crd_names():
         path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
         patch = {
             "metadata": {
