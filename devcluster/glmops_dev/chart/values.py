@@ -211,6 +211,11 @@ def build_values() -> Group:
             ),
             "settings": _settings_group(),
             "logVerbose": Value(False, "Log every handler call (kopf's --verbose).", {"type": "boolean"}),
+            "tmpDir": Value(
+                "/tmp",
+                "Where the operator's scratch emptyDir is mounted (the root filesystem is read-only); TMPDIR points there.",
+                {"type": "string", "pattern": "^/.+"},
+            ),
             "resources": Value(
                 {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
                 "CPU and memory of each operator replica.",
