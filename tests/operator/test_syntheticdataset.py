@@ -207,7 +207,8 @@ def test_a_dataset_generates_through_its_job_and_a_waiting_finetunejob_trains_on
         ready_condition = k.condition("syntheticdatasets", "teacher-data", "Ready")
         assert (ready_condition["status"], ready_condition["reason"]) == ("True", "Completed")
         assert status["teacher"] == {"url": teacher.url, "model": MODEL}
-        assert ("Normal", "Completed") in k.events("teacher-data")
+        # Events are posted after the status write: wait for it rather than race it.
+        wait_for("a Completed event", lambda: ("Normal", "Completed") in k.events("teacher-data"), 30, lambda: k.diagnostics("teacher-data"))
 
         # The tool-using prompts became multi-turn traces the trainer accepts with no issue.
         loaded = load_and_validate(output)
@@ -343,7 +344,7 @@ def test_a_teacher_that_never_answers_fails_the_dataset_at_its_deadline_and_the_
         assert "spec.deadlineSeconds passed with 0 of 3 prompts done" in ready["message"]
         assert "did not answer within" in ready["message"]
         assert not output.exists()
-        assert ("Warning", "DeadlineExceeded") in k.events("silent")
+        wait_for("a DeadlineExceeded warning", lambda: ("Warning", "DeadlineExceeded") in k.events("silent"), 30, lambda: k.diagnostics("silent"))
         # A failure no new pod can change: the operator deletes the generator Job (before Kubernetes
         # 1.26 the Job controller knows no podFailurePolicy and would start pod after pod), and with it its pods.
         generator = k.status("syntheticdatasets", "silent")["generatorJob"]
