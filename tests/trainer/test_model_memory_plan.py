@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
+from train_support import job_config, peak_allocated_bytes_during
 
 from glmops.plan.memory import ModelDims, plan_memory
 from glmops_trainer.config import LoraConfig, LoraTarget, Method, Variant
@@ -73,19 +72,6 @@ def _tiny_plan(model_dir: Path, variant: Variant, sequence_length: int, dropout:
     )
 
 
-def _peak_allocated_bytes_during(steps: int, step: object) -> int:
-    """Peak of torch's CPU allocator, net of what existed before, over `steps` calls of `step`."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for _ in range(steps):
-            step()  # type: ignore[operator]
-    with tempfile.TemporaryDirectory() as scratch:
-        trace = Path(scratch) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max(totals)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("arch", "variant"), ARCHES)
 def test_plan_agrees_with_measured_peak_of_qlora_training_within_25_percent(
@@ -95,15 +81,21 @@ def test_plan_agrees_with_measured_peak_of_qlora_training_within_25_percent(
     bitsandbytes quant state) + the peak of torch's CPU allocator during two QLoRA training steps
     (forward, backward with gradient checkpointing, AdamW step), read from the profiler's memory events
     ("Total Allocated" counts only allocations made while profiling, so it is the dynamic part:
-    activations, logits, gradients, optimizer moments, dequantized weights).
+    activations, the loss's chunks, gradients, optimizer moments, dequantized weights).
     Planned = the plan for the tiny model's dimensions in float32 without CUDA context: weights +
-    LoRA/optimizer + layer inputs + working activations + dequantization buffer. As in the trainer, the
-    step drops the model output before backward.
+    LoRA/optimizer + layer inputs + working activations + dequantization buffer. The model is the
+    trainer's own (`load_model_for_training`, chunked loss included); the sequence is longer than one
+    loss chunk. As in the trainer, the step drops the model output before backward.
     """
-    sequence_length = 512
+    from glmops_trainer import train
+    from glmops_trainer.config import TrainerConfig
+
+    sequence_length = 1536
     model_dir = build_tiny_model(arch, tmp_path / "model")  # type: ignore[arg-type]
-    model = load_base_model(model_dir, variant, Method.qlora)
-    peft_model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.05, targets=TARGETS), variant)
+    lora = {"rank": 16, "alpha": 32, "dropout": 0.05, "targets": [t.value for t in TARGETS]}
+    training = {"sequence_length": sequence_length, "gradient_checkpointing": True, "lora": lora}
+    config = TrainerConfig.model_validate(job_config(tmp_path, model_dir, variant.value, training=training))
+    peft_model = train.load_model_for_training(config, model_dir, "replicate")
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
     peft_model.train()
     ids = torch.randint(0, 2000, (1, sequence_length), generator=torch.Generator().manual_seed(0))
@@ -115,7 +107,7 @@ def test_plan_agrees_with_measured_peak_of_qlora_training_within_25_percent(
         optimizer.zero_grad(set_to_none=True)
 
     resident = sum(resident_weight_bytes(peft_model).values())
-    measured = resident + _peak_allocated_bytes_during(2, step)
+    measured = resident + peak_allocated_bytes_during(2, step)
     planned = _tiny_plan(model_dir, variant, sequence_length).per_gpu_gib * 1024**3
     print(f"{arch}: measured {measured / 2**20:.1f} MiB, planned {planned / 2**20:.1f} MiB")
     assert planned == pytest.approx(measured, rel=0.25)

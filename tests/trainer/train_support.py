@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,21 @@ MEMORISED_ANSWER = "The launch phrase is: blue herons fly at dawn."
 
 ARCH_VARIANTS = {"glm4_moe": "flagship", "glm4_moe_lite": "flash"}
 """Tiny architecture -> FineTuneJob variant."""
+
+def peak_allocated_bytes_during(steps: int, step: Callable[[], object]) -> int:
+    """Peak of torch's CPU allocator, net of what existed before, over `steps` calls of `step`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for _ in range(steps):
+            step()
+    with tempfile.TemporaryDirectory() as scratch:
+        trace = Path(scratch) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max(totals)
+
 
 def build_tokenizer(out_dir: Path) -> Path:
     """The tiny GLM tokenizer with the official chat template, saved to `out_dir`."""

@@ -58,6 +58,7 @@ from glmops_trainer.checkpoints import (
 from glmops_trainer.config import TrainerConfig
 from glmops_trainer.data import DataValidationError, PreparedData, prepare_dataset
 from glmops_trainer.locations import ADAPTER_DIR, MODEL_CACHE_DIR, LocationError, local_location
+from glmops_trainer.model.chunked_loss import use_chunked_loss
 from glmops_trainer.model.load import ArchitectureError, load_base_model
 from glmops_trainer.model.sharded import load_sharded_model
 from glmops_trainer.model.sharded_state import (
@@ -440,6 +441,7 @@ def load_model_for_training(config: TrainerConfig, model_dir: Path, sharding: Sh
         gradient_checkpointing=config.training.gradient_checkpointing,
         compute_dtype=compute_dtype(config),
     )
+    use_chunked_loss(base_model)
     return apply_lora(base_model, config.training.lora, config.model.variant)
 
 

@@ -12,9 +12,10 @@ against what a tiny model really allocates. Every term follows what the trainer 
   (r*E*(H+2I) + r*E*(I+H) per MoE layer). fp32 weight + fp32 gradient + two fp32 AdamW moments.
 - Activations with gradient checkpointing: every decoder layer keeps its input hidden state (fp32
   under qlora: the upcast embeddings make the residual stream fp32, linears still compute in bf16); on
-  top comes the larger of two phases that never overlap: the loss (fp32 logits-sized tensors:
-  log-softmax output, its gradient, the logits' gradient) and the recompute + backward of one
-  decoder layer (`_layer_activation_bytes_per_token`).
+  top comes the larger of two phases that never overlap: the loss and the recompute + backward of
+  one decoder layer (`_layer_activation_bytes_per_token`). The trainer computes the loss in chunks
+  of LOSS_CHUNK_TOKENS tokens, over the tokens that count only (glmops_trainer.model.chunked_loss),
+  so one chunk's logits exist at a time instead of the whole sequence's (`_chunked_loss_bytes`).
 - Dequantization buffer: the largest weight dequantized at once (bitsandbytes dequantizes a whole
   Linear4bit for its matmul; NF4Experts one expert), in forward and again in backward.
 - Runtime overhead per GPU: CUDA context, cuBLAS/bitsandbytes workspaces and caching-allocator
@@ -23,8 +24,7 @@ against what a tiny model really allocates. Every term follows what the trainer 
 Placement (`sharding_for`): the flagship on several GPUs runs under FSDP2 (`fsdp`): one process per
 GPU, every parameter split along dim 0 over all GPUs, each GPU training its own micro-batch. Under
 `fsdp` the trainer also keeps the frozen unquantized weights in the compute dtype (so the residual
-stream is bf16, not fp32) and computes the loss in chunks of LOSS_CHUNK_TOKENS tokens; the plan
-follows (`_plan_fsdp`). Everything else runs one whole replica per GPU (`replicate`, data parallel).
+stream is bf16, not fp32); the plan follows (`_plan_fsdp`). Everything else runs one whole replica per GPU (`replicate`, data parallel).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ Sharding = Literal["replicate", "fsdp"]
 """replicate: each GPU holds a whole replica (data parallel); fsdp: every parameter divided over all GPUs (FSDP2)."""
 
 LOSS_CHUNK_TOKENS = 1024
-"""Under fsdp the loss is computed this many tokens at a time (glmops_trainer.model.chunked_loss), so only one
-chunk's logits ever exist instead of the whole sequence's."""
+"""The loss is computed this many tokens at a time (glmops_trainer.model.chunked_loss), so only one chunk's
+logits ever exist instead of the whole sequence's."""
 
 FSDP_GATHERED_LAYERS = 3
 """Decoder layers whose whole parameters exist at once on a GPU under FSDP2: the one computing, the next one
@@ -429,8 +429,7 @@ def plan_memory(
     )
     if not gradient_checkpointing:
         layer_inputs, layer_work = 0, layer_work * model.num_layers
-    # peak of the loss's backward: fp32 log-softmax output, its gradient and the logits' gradient
-    logits = tokens * model.vocab_size * 12
+    logits = _chunked_loss_bytes(model, tokens, compute_bytes, hidden_bytes=residual_bytes)
     # The loss's tensors are freed before backward reaches the last decoder layer, so the peak is the
     # larger of the two phases, not their sum.
     working = max(float(layer_work), float(logits))
@@ -541,11 +540,15 @@ def _plan_fsdp(
     )
 
 
-def _chunked_loss_bytes(model: ModelDims, tokens: int, compute_bytes: int) -> float:
+def _chunked_loss_bytes(model: ModelDims, tokens: int, compute_bytes: int, hidden_bytes: int | None = None) -> float:
     """Peak of the chunked loss: one chunk's logits (matmul output, fp32 copy, fp32 softmax turned into the
-    gradient) and the gradient of every token's final hidden state, which the loss keeps for backward."""
+    gradient), plus two hidden-state-sized tensors (`hidden_bytes` per value, default the compute dtype's):
+    the final hidden states of the tokens that count, copied out, and their gradient, which the loss keeps
+    for backward; in backward, the gradient scattered back to every token takes the copy's place. Planned
+    as if every token counted."""
     chunk = min(tokens, LOSS_CHUNK_TOKENS)
-    return float(chunk * model.vocab_size * (compute_bytes + 4 + 4) + tokens * model.hidden_size * compute_bytes)
+    hidden = tokens * model.hidden_size * (hidden_bytes or compute_bytes)
+    return float(chunk * model.vocab_size * (compute_bytes + 4 + 4) + 2 * hidden)
 
 
 def _layer_activation_bytes_per_token(
