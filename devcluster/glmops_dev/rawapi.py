@@ -8,7 +8,12 @@ response themselves. A raw response must be read to the end before its connectio
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
+
+
+class WatchExpired(Exception):
+    """The watch's resourceVersion is too old (HTTP 410 Gone): list again."""
 
 
 def read_json(response: Any) -> Any:
@@ -37,3 +42,26 @@ def discard(response: Any) -> None:
         response.drain_conn()
     finally:
         response.release_conn()
+
+
+def watch_events(response: Any, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, object) of each event of a raw watch response, until the server ends the stream.
+
+    Events arrive as JSON lines split across chunks at any byte. An ERROR event ends the watch:
+    :class:`WatchExpired` for 410 Gone, RuntimeError (naming `what`) otherwise. The caller owns
+    the response (releasing it, closing it from another thread to stop early).
+    """
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            kind, obj = str(event.get("type")), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise WatchExpired(str(obj.get("message", "")))
+                raise RuntimeError(f"{what} watch failed: {obj.get('message', obj)}")
+            yield kind, obj

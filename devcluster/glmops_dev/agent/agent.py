@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from glmops_dev.agent.env import service_env
 from glmops_dev.agent.images import ImageMap
-from glmops_dev.agent.kube import AgentApi, WatchExpired
+from glmops_dev.agent.kube import AgentApi
 from glmops_dev.agent.logs_server import HEALTH_BODY_PREFIX, KubeletLogServer, LogNotFound, LogTarget
 from glmops_dev.agent.podstatus import FAILED, TERMINAL_PHASES, timestamp
 from glmops_dev.agent.podworker import PodWorker, WorkerContext
@@ -45,6 +45,7 @@ from glmops_dev.agent.volumes import PodPaths, cleanup_pod_dir, pod_dir_name
 from glmops_dev.network.sandbox import PodNetwork
 from glmops_dev.network.slots import find_slot
 from glmops_dev.nodes import LABEL_SIMULATED, heartbeat
+from glmops_dev.rawapi import WatchExpired
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

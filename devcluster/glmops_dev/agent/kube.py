@@ -6,13 +6,12 @@ API than the local control plane serves.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from glmops_dev.rawapi import discard, read_json, read_json_or_none
+from glmops_dev.rawapi import discard, read_json, read_json_or_none, watch_events
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -23,10 +22,6 @@ MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for ordinary calls; watches set their own."""
 COMPONENT = "glmops-node-agent"
-
-
-class WatchExpired(Exception):
-    """The watch's resourceVersion is too old (HTTP 410 Gone): list again."""
 
 
 class PodGone(Exception):
@@ -115,20 +110,7 @@ class AgentApi:
         )
         self.watch_response = response
         try:
-            pending = b""
-            for chunk in response.stream(amt=None, decode_content=False):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = str(event.get("type")), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise WatchExpired(str(obj.get("message", "")))
-                        raise RuntimeError(f"pod watch failed: {obj.get('message', obj)}")
-                    yield kind, obj
+            yield from watch_events(response, "pod")
         finally:
             self.watch_response = None
             response.release_conn()

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from glmops_dev.network import hostsfile, iproute
 from glmops_dev.network.addresses import CLUSTER_DOMAIN, SlotPlan
 from glmops_dev.network.dnsnames import Record, dnsmasq_hosts, host_lines, service_records
 from glmops_dev.network.dnsquery import DnsQueryError, query_a
-from glmops_dev.rawapi import read_json
+from glmops_dev.rawapi import WatchExpired, read_json, watch_events
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -78,7 +77,7 @@ class _Follower:
                 delay = 0.5
                 while not self._stopping.is_set():
                     version = self._watch(version)
-            except _Expired:
+            except WatchExpired:
                 continue
             except Exception as exc:  # noqa: BLE001 - list again after a pause
                 if self._stopping.is_set():
@@ -99,36 +98,20 @@ class _Follower:
         )
         self._response = response
         try:
-            pending = b""
-            for chunk in response.stream(amt=None, decode_content=False):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = str(event.get("type")), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise _Expired()
-                        raise RuntimeError(f"{self.kind} watch failed: {obj.get('message', obj)}")
-                    meta = obj.get("metadata") or {}
-                    version = str(meta.get("resourceVersion") or version)
-                    if kind == "DELETED":
-                        self.objects.pop(str(meta.get("uid")), None)
-                    elif kind in ("ADDED", "MODIFIED"):
-                        self.objects[str(meta.get("uid"))] = obj
-                    else:
-                        continue
-                    self._changed()
+            for kind, obj in watch_events(response, self.kind):
+                meta = obj.get("metadata") or {}
+                version = str(meta.get("resourceVersion") or version)
+                if kind == "DELETED":
+                    self.objects.pop(str(meta.get("uid")), None)
+                elif kind in ("ADDED", "MODIFIED"):
+                    self.objects[str(meta.get("uid"))] = obj
+                else:
+                    continue
+                self._changed()
         finally:
             self._response = None
             response.release_conn()
         return version
-
-
-class _Expired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
 class ClusterDns:

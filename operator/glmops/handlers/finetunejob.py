@@ -33,6 +33,7 @@ from glmops.conditions import ConditionType, Reason, find_condition
 from glmops.contract.config import METRICS_PATH
 from glmops.contract.records import MetricsError, ProgressRecord, parse_metrics, parse_result
 from glmops.contract.uris import UriRole, parse_uri, synthetic_name
+from glmops.handlers.children import owner_name, pod_news
 from glmops.plan import names
 from glmops.plan.changes import changed_sections, parse_section_hashes
 from glmops.plan.export import ModelSizes, estimated_sizes, plan_export_job
@@ -169,30 +170,19 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo
     converge(memo, namespace, name, kwargs["ftj_outputs"], diffbase=diffbase)
 
 
-def _owning_ftj(body: kopf.Body) -> str:
-    return str((body.get("metadata", {}).get("labels") or {}).get(FTJ_LABEL, ""))
-
-
 # A new Job's first events carry an empty status: nothing to learn from them.
 @kopf.on.event("batch", "v1", "jobs", labels={FTJ_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=lambda status, **_: bool(status))
 def run_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
     """A trainer or export Job changed (pod failed, retried, completed): update its FineTuneJob."""
     assert namespace is not None
-    converge(memo, namespace, _owning_ftj(body), kwargs["ftj_outputs"])
+    converge(memo, namespace, owner_name(body, FTJ_LABEL), kwargs["ftj_outputs"])
 
 
-def _pod_news(status: kopf.Status, **_: Any) -> bool:
-    """Pod events worth a look: it runs or ended, or the scheduler cannot place it."""
-    if status.get("phase") not in (None, "Pending"):
-        return True
-    return any(c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
-
-
-@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=_pod_news)
+@kopf.on.event("", "v1", "pods", labels={FTJ_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=pod_news)
 def run_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
     """A trainer or export pod was scheduled, started, ended, or could not be placed."""
     assert namespace is not None
-    converge(memo, namespace, _owning_ftj(body), kwargs["ftj_outputs"])
+    converge(memo, namespace, owner_name(body, FTJ_LABEL), kwargs["ftj_outputs"])
 
 
 # --- the one writer of status -----------------------------------------------------------------

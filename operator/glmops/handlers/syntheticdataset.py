@@ -47,6 +47,7 @@ from glmops.contract.synthetic import (
 )
 from glmops.contract.uris import UriRole, parse_uri, synthetic_name
 from glmops.handlers import finetunejob
+from glmops.handlers.children import owner_name, pod_news
 from glmops.handlers.finetunejob import status_patch
 from glmops.plan import names
 from glmops.plan.finetune import MANAGED_BY, MANAGED_BY_LABEL
@@ -129,28 +130,18 @@ def reconcile(body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo
     converge(memo, namespace, name, kwargs["sds_outputs"], diffbase=memo.diffbase_storage.essence_json(body))
 
 
-def _owner(body: kopf.Body) -> str:
-    return str((body.get("metadata", {}).get("labels") or {}).get(SDS_LABEL, ""))
-
-
 @kopf.on.event("batch", "v1", "jobs", labels={SDS_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=lambda status, **_: bool(status))
 def generator_job_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
     """The generator Job changed (pod failed, retried, completed)."""
     assert namespace is not None
-    converge(memo, namespace, _owner(body), kwargs["sds_outputs"])
+    converge(memo, namespace, owner_name(body, SDS_LABEL), kwargs["sds_outputs"])
 
 
-def _pod_news(status: kopf.Status, **_: Any) -> bool:
-    if status.get("phase") not in (None, "Pending"):
-        return True
-    return any(c.get("reason") == "Unschedulable" for c in status.get("conditions") or [])
-
-
-@kopf.on.event("", "v1", "pods", labels={SDS_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=_pod_news)
+@kopf.on.event("", "v1", "pods", labels={SDS_LABEL: kopf.PRESENT, MANAGED_BY_LABEL: MANAGED_BY}, when=pod_news)
 def generator_pod_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
     """A generator pod started, ended, or could not be placed."""
     assert namespace is not None
-    converge(memo, namespace, _owner(body), kwargs["sds_outputs"])
+    converge(memo, namespace, owner_name(body, SDS_LABEL), kwargs["sds_outputs"])
 
 
 @kopf.on.event(GROUP, VERSION, MDEP_PLURAL)
