@@ -66,3 +66,12 @@ def test_a_cancelled_job_is_suspended_not_degraded() -> None:
         if condition["type"] == "Succeeded":
             condition.update(status="False", reason="Cancelled", message="spec.cancel is true: the run was stopped")
     assert health(job) == ("Suspended", "spec.cancel is true: the run was stopped")
+
+
+def test_a_training_job_shows_its_step_and_loss_in_argo_cds_sandbox() -> None:
+    """Argo CD opens no string library for the script: the loss is rounded by arithmetic. The
+    progress is the one the operator wrote (kept into Exporting), the phase the one before."""
+    job = copy.deepcopy(next(o for o in captured() if o["kind"] == "FineTuneJob" and o["status"]["phase"] == "Exporting"))
+    job["status"]["phase"] = "Training"
+    progress = job["status"]["progress"]
+    assert health(job) == ("Progressing", f"Training: step {progress['step']}/{progress['totalSteps']}, loss {round(progress['loss'], 4)}")
