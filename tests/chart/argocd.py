@@ -19,6 +19,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "charts" / "glmops" / "files" / 
 SCRIPT_OF = {
     "FineTuneJob": "finetunejob-health.lua",
     "ModelDeployment": "modeldeployment-health.lua",
+    "SyntheticDataset": "syntheticdataset-health.lua",
 }
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 CAPTURED = Path(__file__).parent / "data" / "argocd-status.json"
