@@ -14,13 +14,12 @@ every namespace too.
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from argocd import health
+from argocd import health, keep_captured
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from polling import wait_for
@@ -238,14 +237,10 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
         assert health(served["Ready"]) == ("Healthy", f"1 replica(s) ready at {endpoint}")
         for phase in set(served) - {"Ready"}:
             assert health(served[phase])[0] == "Progressing", (phase, health(served[phase]))
-        if os.environ.get("GLMOPS_CAPTURE_ARGOCD_STATUS"):
-            # Refresh the objects tests/chart/test_argocd_health.py runs the checks on without a cluster.
-            objects = {"finetunejobs": [*seen.values(), refused], "modeldeployments": list(served.values())}
-            for obj in [*objects["finetunejobs"], *objects["modeldeployments"]]:
-                obj["metadata"].pop("managedFields", None)
-            text = json.dumps(objects, indent=1, sort_keys=True).replace(str(workdir), "/data/chart-e2e")
-            text = text.replace(str(dataset.parent), "/data/datasets")
-            (Path(__file__).parent / "data" / "argocd-status.json").write_text(text + "\n")
+        # With GLMOPS_CAPTURE_ARGOCD_STATUS=1: the objects tests/chart/test_argocd_health.py checks without a cluster.
+        paths = {str(workdir): "/data/chart-e2e", str(dataset.parent): "/data/datasets"}
+        keep_captured("finetunejobs", [*seen.values(), refused], paths)
+        keep_captured("modeldeployments", list(served.values()), paths)
 
         # --- helm upgrade: a new pod, the Lease handed over, the operator still at work ---------------
         upgrade_release(cluster, release, {"podAnnotations": {"example.com/revision": "2"}})

@@ -19,8 +19,10 @@ from operator_support import OperatorProcess
 from glmops_dev.cluster import KubeCluster
 
 SERVING_TESTS = Path(__file__).resolve().parents[1] / "serving"
-if str(SERVING_TESTS) not in sys.path:
-    sys.path.append(str(SERVING_TESTS))  # tinyserve, vllmserver
+CHART_TESTS = Path(__file__).resolve().parents[1] / "chart"
+for folder in (SERVING_TESTS, CHART_TESTS):  # tinyserve, vllmserver; argocd (the chart's health checks)
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 
 @pytest.fixture(scope="session")

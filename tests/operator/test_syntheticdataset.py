@@ -4,7 +4,9 @@ host address, and the operator reads its progress and result into status. A Fine
 `dataset.source: synthetic://NAME` waits for it and trains on its output, or fails with it.
 
 The teacher is `fake_teacher.FakeTeacher` (scripted answers), sometimes behind a `FaultProxy`
-(429s, or no answer at all). The trainer's own validator reads what the pods wrote.
+(429s, or no answer at all). The trainer's own validator reads what the pods wrote. The chart's
+Argo CD health check runs over the statuses written here (and with GLMOPS_CAPTURE_ARGOCD_STATUS=1
+they are kept for tests/chart/test_argocd_health.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argocd import health, keep_captured
 from fake_teacher import MODEL, WEATHER_TOOL, FakeTeacher, FaultProxy
 from kubernetes import client
 from operator_support import OperatorProcess
@@ -102,9 +105,11 @@ class Api:
     def create(self, plural: str, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, body)
 
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name))
+
     def status(self, plural: str, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)
-        return dict(obj.get("status") or {})
+        return dict(self.get(plural, name).get("status") or {})
 
     def condition(self, plural: str, name: str, type_: str) -> dict[str, Any]:
         return next((c for c in self.status(plural, name).get("conditions") or [] if c["type"] == type_), {})
@@ -177,12 +182,18 @@ def test_a_dataset_generates_through_its_job_and_a_waiting_finetunejob_trains_on
             samplesPerPrompt=2, maxConcurrency=1, maxTurns=3, toolExecution="fixtures",
         ))  # fmt: skip
         generating: list[dict[str, Any]] = []
+        seen: dict[str, dict[str, Any]] = {}  # the first object in each phase (Generating: once prompts are done)
 
         def ready() -> bool:
-            status = k.status("syntheticdatasets", "teacher-data")
-            if status.get("phase") == "Generating" and (status.get("progress") or {}).get("promptsDone"):
+            obj = k.get("syntheticdatasets", "teacher-data")
+            status = obj.get("status") or {}
+            phase = str(status.get("phase") or "")
+            if phase == "Generating" and (status.get("progress") or {}).get("promptsDone"):
                 generating.append(status)
-            return status.get("phase") in ("Ready", "Failed")
+                seen.setdefault(phase, obj)
+            elif phase != "Generating":
+                seen.setdefault(phase, obj)
+            return phase in ("Ready", "Failed")
 
         wait_for("the dataset to finish", ready, 300, lambda: k.diagnostics("teacher-data"))
         status = k.status("syntheticdatasets", "teacher-data")
@@ -207,6 +218,16 @@ def test_a_dataset_generates_through_its_job_and_a_waiting_finetunejob_trains_on
         ready_condition = k.condition("syntheticdatasets", "teacher-data", "Ready")
         assert (ready_condition["status"], ready_condition["reason"]) == ("True", "Completed")
         assert status["teacher"] == {"url": teacher.url, "model": MODEL}
+        # Argo CD's health: Healthy with where the samples are, and how far it got while generating.
+        assert health(seen["Ready"]) == ("Healthy", ready_condition["message"])
+        assert health(seen["Ready"])[1].endswith(out["uri"])
+        midway = seen["Generating"]["status"]["progress"]
+        assert health(seen["Generating"]) == (
+            "Progressing", f"Generating: prompts {midway['promptsDone']}/8 done, {midway['samplesKept']} samples kept"
+        )
+        for phase in set(seen) - {"Ready", "Generating"}:
+            assert health(seen[phase])[0] == "Progressing", (phase, health(seen[phase]))
+        keep_captured("syntheticdatasets", list(seen.values()), {str(workdir): "/data/sds"})
         # Events are posted after the status write: wait for it rather than race it.
         wait_for("a Completed event", lambda: ("Normal", "Completed") in k.events("teacher-data"), 30, lambda: k.diagnostics("teacher-data"))
 
@@ -344,6 +365,9 @@ def test_a_teacher_that_never_answers_fails_the_dataset_at_its_deadline_and_the_
         assert "spec.deadlineSeconds passed with 0 of 3 prompts done" in ready["message"]
         assert "did not answer within" in ready["message"]
         assert not output.exists()
+        failed = k.get("syntheticdatasets", "silent")
+        assert health(failed) == ("Degraded", ready["message"])
+        keep_captured("syntheticdatasets", [failed], {str(workdir): "/data/sds"})
         wait_for("a DeadlineExceeded warning", lambda: ("Warning", "DeadlineExceeded") in k.events("silent"), 30, lambda: k.diagnostics("silent"))
         # A failure no new pod can change: the operator deletes the generator Job (before Kubernetes
         # 1.26 the Job controller knows no podFailurePolicy and would start pod after pod), and with it its pods.
@@ -385,8 +409,14 @@ def test_the_teachers_key_secret_is_waited_for_and_never_leaves_it(
 
         validated = wait_for("the dataset to wait for its Secret", waiting, 60, lambda: k.diagnostics("keyed"))
         assert "Secret 'teacher-key' does not exist" in validated["message"] and "spec.teacher.apiKeySecret" in validated["message"]
-        assert k.status("syntheticdatasets", "keyed")["phase"] == "Pending"
-        assert not k.status("syntheticdatasets", "keyed").get("generatorJob")
+        waiting = k.get("syntheticdatasets", "keyed")
+        assert waiting["status"]["phase"] == "Pending"
+        assert not waiting["status"].get("generatorJob")
+        # Argo CD shows what it waits for, once: Ready (reason SecretNotFound too) already says it.
+        waiting_for_key = next(c for c in waiting["status"]["conditions"] if c["type"] == "Ready")
+        assert health(waiting) == ("Progressing", f"Pending: {waiting_for_key['message']}")
+        assert "Secret 'teacher-key' does not exist" in waiting_for_key["message"]
+        keep_captured("syntheticdatasets", [waiting], {str(workdir): "/data/sds"})
 
         k.core.create_namespaced_secret(namespace, {"metadata": {"name": "teacher-key"}, "stringData": {"token": key}})
         wait_for("the dataset to finish", lambda: k.status("syntheticdatasets", "keyed").get("phase") in ("Ready", "Failed"), 180,

@@ -19,6 +19,13 @@ local function condition(status, kind)
   return nil
 end
 
+-- Argo CD opens no string or math library for health checks: round by arithmetic alone.
+local function rounded(x, places)
+  local scale = 10 ^ places
+  local scaled = x * scale + 0.5
+  return (scaled - scaled % 1) / scale
+end
+
 local status = obj.status
 if status == nil or status.phase == nil then
   hs.status = "Progressing"
@@ -56,7 +63,7 @@ if validated ~= nil and validated.status == "False" and validated.message ~= nil
 elseif phase == "Training" and status.progress ~= nil and status.progress.totalSteps ~= nil then
   local text = "Training: step " .. tostring(status.progress.step or 0) .. "/" .. tostring(status.progress.totalSteps)
   if status.progress.loss ~= nil then
-    text = text .. ", loss " .. string.format("%.4g", status.progress.loss)
+    text = text .. ", loss " .. tostring(rounded(status.progress.loss, 4))
   end
   hs.message = text
 else
