@@ -409,14 +409,14 @@ def test_the_teachers_key_secret_is_waited_for_and_never_leaves_it(
 
         validated = wait_for("the dataset to wait for its Secret", waiting, 60, lambda: k.diagnostics("keyed"))
         assert "Secret 'teacher-key' does not exist" in validated["message"] and "spec.teacher.apiKeySecret" in validated["message"]
-        waiting = k.get("syntheticdatasets", "keyed")
-        assert waiting["status"]["phase"] == "Pending"
-        assert not waiting["status"].get("generatorJob")
+        pending = k.get("syntheticdatasets", "keyed")
+        assert pending["status"]["phase"] == "Pending"
+        assert not pending["status"].get("generatorJob")
         # Argo CD shows what it waits for, once: Ready (reason SecretNotFound too) already says it.
-        waiting_for_key = next(c for c in waiting["status"]["conditions"] if c["type"] == "Ready")
-        assert health(waiting) == ("Progressing", f"Pending: {waiting_for_key['message']}")
+        waiting_for_key = next(c for c in pending["status"]["conditions"] if c["type"] == "Ready")
+        assert health(pending) == ("Progressing", f"Pending: {waiting_for_key['message']}")
         assert "Secret 'teacher-key' does not exist" in waiting_for_key["message"]
-        keep_captured("syntheticdatasets", [waiting], {str(workdir): "/data/sds"})
+        keep_captured("syntheticdatasets", [pending], {str(workdir): "/data/sds"})
 
         k.core.create_namespaced_secret(namespace, {"metadata": {"name": "teacher-key"}, "stringData": {"token": key}})
         wait_for("the dataset to finish", lambda: k.status("syntheticdatasets", "keyed").get("phase") in ("Ready", "Failed"), 180,
