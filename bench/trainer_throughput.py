@@ -5,9 +5,10 @@
 Every side trains the same tiny GLM-4.7-architecture model (same LoRA targets, same optimizer and
 learning rate, the same 4-bit base from `load_base_model`) on the same data, rendered with the
 official chat template and masked alike (loss on assistant turns only), for the same number of
-optimizer steps. The sides take turns: `--rounds` rounds, each running every side once, the order
-rotated from round to round, so that a busy moment of the machine does not always fall on the same
-side; each side's figure is the median of its rounds. The data (`--dataset`):
+optimizer steps. The sides take turns: `--rounds` rounds, each running every side once, each run in
+a fresh interpreter (no allocator state or model left over from the run before), the order rotated
+from round to round, so that a busy moment of the machine does not always fall on the same side;
+each side's figure is the median of its rounds. The data (`--dataset`):
 
 - `longtail` (default): agentic sessions of very different lengths, as real tool-use data has
   (a few long sessions, many short ones): each sample chains k conversations of
@@ -40,12 +41,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +248,44 @@ def run_ours(config: Any, workdir: Path) -> float:
     return float(result.tokens_per_second or 0.0)
 
 
+SIDES = ["grouped_padded", "trl_packed", "ours"]
+
+
+def run_side(
+    name: str, model_dir: Path, dataset: Path, workdir: Path, args: argparse.Namespace, config: Any
+) -> dict[str, Any]:
+    """One run of side `name`: its real tokens/s (and, for the padded side, its batch size and real-token share)."""
+    if name == "grouped_padded":
+        tokens_per_s, batch_size, real_share = run_grouped_padded(model_dir, dataset, workdir, args, config)
+        return {"tokens_per_s": tokens_per_s, "batch_size": batch_size, "real_share": real_share}
+    if name == "trl_packed":
+        return {"tokens_per_s": run_trl_packed(model_dir, dataset, workdir, args, config)}
+    return {"tokens_per_s": run_ours(config, workdir)}
+
+
+def _run_side_process(name: str, workdir: Path, argv: list[str]) -> dict[str, Any]:
+    """Run one side in a fresh interpreter (no allocator state or leftover model from the runs before it)."""
+    command = [sys.executable, str(Path(__file__).resolve()), *_without_workdir(argv), "--workdir", str(workdir), "--side", name]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("SIDE ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"side {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return dict(json.loads(lines[-1].removeprefix("SIDE ")))
+
+
+def _without_workdir(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--workdir":
+            skip = True
+        elif not item.startswith("--workdir="):
+            out.append(item)
+    return out
+
+
 def _packing_efficiency(model_dir: Path, dataset: Path, config: Any) -> float:
     from transformers import AutoTokenizer
 
@@ -262,11 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=sorted(VARIANTS), default="glm4_moe_lite")
     parser.add_argument("--method", choices=["qlora", "lora"], default="qlora")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps on each side, per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every side, in rotated order")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every side, in rotated order")
     parser.add_argument("--dataset", choices=["longtail", "fixture"], default="longtail")
     parser.add_argument("--samples", type=int, default=64, help="sessions of the longtail dataset")
     parser.add_argument("--sequence-length", type=int, default=2048, help="packed row length (ours)")
     parser.add_argument("--workdir", type=Path, help="where to build the model (default: a temporary directory)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one run of one side, in its own process
     args = parser.parse_args(argv)
 
     import torch
@@ -276,38 +317,36 @@ def main(argv: list[str] | None = None) -> int:
     from glmops_trainer.tiny.tokenizer import build_tiny_tokenizer
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trainer-throughput-"))
+    model_dir = workdir / "model"
+    dataset = workdir / "longtail.jsonl" if args.dataset == "longtail" else DATASET
+    if args.side:
+        config = TrainerConfig.model_validate(job_config(model_dir, dataset, workdir, args, VARIANTS[args.arch]))
+        print("SIDE " + json.dumps(run_side(args.side, model_dir, dataset, workdir, args, config)))
+        return 0
+
     tokenizer = build_tiny_tokenizer(workdir / "tokenizer")
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model_dir = build_tiny_model(args.arch, workdir / "model", tokenizer, dtype=dtype)
-    dataset = longtail_dataset(workdir / "longtail.jsonl", args.samples) if args.dataset == "longtail" else DATASET
+    build_tiny_model(args.arch, model_dir, tokenizer, dtype=dtype)
+    if args.dataset == "longtail":
+        longtail_dataset(dataset, args.samples)
     config = TrainerConfig.model_validate(job_config(model_dir, dataset, workdir, args, VARIANTS[args.arch]))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     print(f"device: {device}; model: tiny {args.arch}, {args.method}; data: {args.dataset}; "
-          f"{args.steps} steps per side and round, {args.rounds} rounds", flush=True)  # fmt: skip
+          f"{args.steps} steps per side and round, {args.rounds} rounds, each run in its own process", flush=True)  # fmt: skip
 
-    grouped_detail: dict[str, Any] = {}
-
-    def grouped() -> float:
-        tokens_per_s, grouped_detail["batch_size"], grouped_detail["real_share"] = run_grouped_padded(
-            model_dir, dataset, workdir, args, config
-        )
-        return tokens_per_s
-
-    sides: dict[str, Callable[[], float]] = {
-        "grouped_padded": grouped,
-        "trl_packed": lambda: run_trl_packed(model_dir, dataset, workdir, args, config),
-        "ours": lambda: run_ours(config, workdir),
-    }
-    names = list(sides)
-    runs: dict[str, list[float]] = {name: [] for name in names}
+    passed_on = [*(argv if argv is not None else sys.argv[1:])]
+    runs: dict[str, list[float]] = {name: [] for name in SIDES}
+    details: dict[str, Any] = {}
     started = time.monotonic()
     for round_index in range(args.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            runs[name].append(sides[name]())
+        shift = round_index % len(SIDES)
+        for name in SIDES[shift:] + SIDES[:shift]:
+            outcome = _run_side_process(name, workdir, passed_on)
+            runs[name].append(float(outcome["tokens_per_s"]))
+            details.update({k: v for k, v in outcome.items() if k != "tokens_per_s"})
             print(f"round {round_index + 1}/{args.rounds} {name}: {runs[name][-1]:,.0f} real tokens/s", flush=True)
 
-    batch_size, real_share = grouped_detail["batch_size"], grouped_detail["real_share"]
+    batch_size, real_share = details["batch_size"], details["real_share"]
     grouped_tps, trl_tps, ours_tps = (statistics.median(runs[name]) for name in ("grouped_padded", "trl_packed", "ours"))
     packing = _packing_efficiency(model_dir, dataset, config)
     print(f"grouped_padded (transformers Trainer, train_sampling_strategy=group_by_length, {batch_size} samples per batch, "
