@@ -24,7 +24,8 @@ against what a tiny model really allocates. Every term follows what the trainer 
 Placement (`sharding_for`): the flagship on several GPUs runs under FSDP2 (`fsdp`): one process per
 GPU, every parameter split along dim 0 over all GPUs, each GPU training its own micro-batch. Under
 `fsdp` the trainer also keeps the frozen unquantized weights in the compute dtype (so the residual
-stream is bf16, not fp32); the plan follows (`_plan_fsdp`). Everything else runs one whole replica per GPU (`replicate`, data parallel).
+stream is bf16, not fp32); the plan follows (`_plan_fsdp`). Everything else runs one whole replica
+per GPU (`replicate`, data parallel).
 """
 
 from __future__ import annotations
