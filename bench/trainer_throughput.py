@@ -265,25 +265,13 @@ def run_side(
 
 def _run_side_process(name: str, workdir: Path, argv: list[str]) -> dict[str, Any]:
     """Run one side in a fresh interpreter (no allocator state or leftover model from the runs before it)."""
-    command = [sys.executable, str(Path(__file__).resolve()), *_without_workdir(argv), "--workdir", str(workdir), "--side", name]
+    # argparse keeps the last --workdir: this one overrides any the caller gave
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--workdir", str(workdir), "--side", name]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("SIDE ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"side {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return dict(json.loads(lines[-1].removeprefix("SIDE ")))
-
-
-def _without_workdir(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item == "--workdir":
-            skip = True
-        elif not item.startswith("--workdir="):
-            out.append(item)
-    return out
 
 
 def _packing_efficiency(model_dir: Path, dataset: Path, config: Any) -> float:
