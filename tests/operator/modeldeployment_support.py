@@ -84,27 +84,39 @@ def create_job(
     formats: tuple[str, ...] = ("adapter", "merged", "gguf"),
     quantizations: tuple[str, ...] = ("Q4_K_M", "Q8_0"),
     diagnose: Any = lambda: "",
+    waiting_for_secret: str = "",
 ) -> None:
-    """Create a FineTuneJob and wait until the operator has refused it (terminal: left alone from then on)."""
+    """Create a FineTuneJob and wait until the operator has refused it (terminal: left alone from
+    then on) or, given `waiting_for_secret`, until it waits for that Secret (Pending: the operator
+    keeps it Pending while the Secret is missing, so a test can build on that state)."""
     api = custom(cluster)
+    model: dict[str, Any] = {"variant": variant, "source": base}
+    # A job that fits no GPU is refused; a waiting one must fit, on a pool that has no node.
+    resources: dict[str, Any] = {"gpusPerNode": 16}
+    if waiting_for_secret:
+        model["credentialsSecret"] = waiting_for_secret
+        resources = {"nodeSelector": {"glmops.io/test-pool": "none"}}
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {"variant": variant, "source": base},
+            "model": model,
             "dataset": {"source": "file:///data/agent.jsonl"},
-            "resources": {"gpusPerNode": 16},
+            "resources": resources,
             "output": {"destination": f"file:///out/{namespace}/{name}", "formats": list(formats), "quantizations": list(quantizations)},
         },
     }
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, FTJ, body)
 
-    def refused() -> bool:
-        got = api.get_namespaced_custom_object(GROUP, VERSION, namespace, FTJ, name)
-        return (got.get("status") or {}).get("phase") == "Failed"
+    def decided() -> bool:
+        status = api.get_namespaced_custom_object(GROUP, VERSION, namespace, FTJ, name).get("status") or {}
+        if not waiting_for_secret:
+            return status.get("phase") == "Failed"
+        validated = [c for c in status.get("conditions") or [] if c["type"] == "Validated"]
+        return status.get("phase") == "Pending" and bool(validated) and validated[0].get("reason") == "SecretNotFound"
 
-    wait_for(f"FineTuneJob {name} to be refused (terminal)", refused, 60, diagnose)
+    wait_for(f"FineTuneJob {name} to be {'waiting for its Secret' if waiting_for_secret else 'refused (terminal)'}", decided, 60, diagnose)
 
 
 def artifacts_of(name: str, root: str, quantizations: tuple[str, ...] = ("Q4_K_M", "Q8_0"), gguf: dict[str, str] | None = None) -> dict[str, Any]:
