@@ -235,8 +235,12 @@ def test_flash_trains_then_exports_in_its_own_cpu_job_and_ignores_its_log(
     assert [g["quantization"] for g in artifacts["gguf"]] == ["Q8_0"]
     gguf = Path(artifacts["gguf"][0]["uri"].removeprefix("file://"))
     assert gguf.is_file() and gguf.stat().st_size == artifacts["gguf"][0]["sizeBytes"]
-    reasons = {e.reason for e in k.core.list_namespaced_event(namespace).items}
-    assert {"Training", "Exporting", "Completed"} <= reasons
+    # The operator posts an event after the status write that it tells of.
+    wait_for(
+        "the Training, Exporting and Completed events",
+        lambda: {"Training", "Exporting", "Completed"} <= {e.reason for e in k.core.list_namespaced_event(namespace).items},
+        30,
+    )
 
     # The spoof really ran: the forged final line and the flood are in the trainer's log.
     log = cluster.kubectl("logs", "-n", namespace, trainer_pods[0]["metadata"]["name"]).stdout

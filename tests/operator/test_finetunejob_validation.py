@@ -98,9 +98,11 @@ def test_bad_inputs_fail_with_the_right_reason_and_no_pod(cluster, glmops_operat
     # Only the owner of pvc://outputs/taken runs: no bad job got a Job or a pod.
     assert [j.metadata.name for j in batch.list_namespaced_job(prepared_namespace).items] == ["taken-owner-trainer"]
     assert all(p.metadata.labels["glmops.io/finetunejob"] == "taken-owner" for p in core.list_namespaced_pod(prepared_namespace).items)
-    events = core.list_namespaced_event(prepared_namespace).items
-    warned = {e.involved_object.name for e in events if e.type == "Warning"}
-    assert {name for name, *_ in CASES} <= warned
+    # Each Warning event follows the status write it tells of.
+    def warned() -> set[str]:
+        return {e.involved_object.name for e in core.list_namespaced_event(prepared_namespace).items if e.type == "Warning"}
+
+    wait_for("a Warning event for every bad job", lambda: {name for name, *_ in CASES} <= warned(), 30, glmops_operator.log_tail)
     # A job refused before it wrote anything claims no output: a corrected job may use it.
     custom.create_namespaced_custom_object(GROUP, VERSION, prepared_namespace, PLURAL, _ftj(
         "after-refused", output={"destination": "pvc://outputs/gpu-mem-small"}, resources={"nodeSelector": {"glmops.io/test-pool": "none"}}))

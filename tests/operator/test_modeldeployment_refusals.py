@@ -87,10 +87,15 @@ def test_bad_deployments_are_refused_with_the_field_and_no_pod(cluster: Any, glm
     assert raw_list(client.AppsV1Api(api).list_namespaced_deployment, namespace) == []
     assert [s["metadata"]["name"] for s in raw_list(client.CoreV1Api(api).list_namespaced_service, namespace)] == []
     assert raw_list(client.CoreV1Api(api).list_namespaced_pod, namespace) == []
-    events = raw_list(client.CoreV1Api(api).list_namespaced_event, namespace)
-    warned = {e["involvedObject"]["name"] for e in events if e.get("type") == "Warning" and e["involvedObject"]["kind"] == "ModelDeployment"}
-    assert {name for name, _, phase, *_ in CASES if phase == "Failed"} <= warned
-    assert not [e for e in events if KEY in str(e)]
+
+    def warned() -> set[str]:
+        events = raw_list(client.CoreV1Api(api).list_namespaced_event, namespace)
+        return {e["involvedObject"]["name"] for e in events if e.get("type") == "Warning" and e["involvedObject"]["kind"] == "ModelDeployment"}
+
+    # kopf posts each event in the background, after the status write it tells of
+    refused = {name for name, _, phase, *_ in CASES if phase == "Failed"}
+    wait_for("a Warning event for every refused deployment", lambda: refused <= warned(), 30, glmops_operator.log_tail)
+    assert not [e for e in raw_list(client.CoreV1Api(api).list_namespaced_event, namespace) if KEY in str(e)]
     assert len(NODE_PROFILES) > 1  # the refusals of placement were judged against real nodes
 
 
