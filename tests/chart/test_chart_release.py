@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from argocd import health, keep_captured
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from polling import wait_for
+from watching import StatusRecorder
 
 from glmops import kube
 from glmops_dev.chart import (
@@ -145,7 +147,11 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
     for ns in (namespace, RELEASE_NAMESPACE):
         cluster.kubectl("label", "namespace", ns, "--overwrite", *(f"{k}={v}" for k, v in RESTRICTED.items()))
     release = install_release(cluster, {"watchNamespaces": [namespace]})
+    watches = ExitStack()
     try:
+        # Every status the operator writes, from watches: a short Pending is easily missed by polling.
+        ftj_watch = watches.enter_context(StatusRecorder(cluster.api_client(), namespace, "finetunejobs"))
+        mdep_watch = watches.enter_context(StatusRecorder(cluster.api_client(), namespace, "modeldeployments"))
         leader = wait_for_leader(cluster)
 
         def operator_log() -> str:
@@ -167,22 +173,21 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
         }
         # What the apiserver stored (with the CRD's defaults): GitOps tools compare against this.
         stored = json.loads(cluster.kubectl("apply", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(job)).stdout)
-        seen: dict[str, dict[str, Any]] = {}
 
         def ftj_phase() -> str:
             body = k.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "chart-e2e")
-            phase = str((body.get("status") or {}).get("phase") or "")
-            seen.setdefault(phase, body)
-            return phase
+            return str((body.get("status") or {}).get("phase") or "")
 
         def diagnose() -> str:
             pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-            return f"{pods}\n{json.dumps(seen.get(ftj_phase(), {}).get('status'), indent=1)}\n{operator_log()}"
+            status = k.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "chart-e2e").get("status")
+            return f"{pods}\n{json.dumps(status, indent=1)}\n{operator_log()}"
 
         wait_for("the FineTuneJob to succeed", lambda: ftj_phase() in ("Succeeded", "Failed"), 900, diagnose)
         assert ftj_phase() == "Succeeded", diagnose()
         final = k.get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "chart-e2e")
-        assert {"Pending", "Succeeded"} <= set(seen), list(seen)
+        phases, seen = ftj_watch.of("chart-e2e")
+        assert phases == ["", "Pending", "Training", "Exporting", "Succeeded"], (phases, ftj_watch.errors)
         # The operator never writes spec: what GitOps applied is what stays (no drift, no new generation).
         assert final["spec"] == stored["spec"] and final["metadata"]["generation"] == stored["metadata"]["generation"] == 1
         jobs = cluster.kubectl("get", "jobs", "-n", namespace, "-l", "glmops.io/finetunejob=chart-e2e", "-o", "name").stdout.split()
@@ -195,15 +200,14 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
                      "replicas": 1, "servedModelName": "chart-e2e", "gpusPerReplica": 0, "contextLength": 512, "parallelSlots": 1},
         }
         mdep_stored = json.loads(cluster.kubectl("apply", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(mdep)).stdout)
-        served: dict[str, dict[str, Any]] = {}
 
         def mdep_phase() -> str:
             body = k.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "chart-e2e")
-            phase = str((body.get("status") or {}).get("phase") or "")
-            served.setdefault(phase, body)
-            return phase
+            return str((body.get("status") or {}).get("phase") or "")
 
         wait_for("the ModelDeployment to be Ready", lambda: mdep_phase() == "Ready", 600, diagnose)
+        wait_for("the watch to see it Ready", lambda: "Ready" in mdep_watch.of("chart-e2e")[1], 30, lambda: str(mdep_watch.errors))
+        served = mdep_watch.of("chart-e2e")[1]
         endpoint = served["Ready"]["status"]["endpoint"]
         root = endpoint.removesuffix("/v1")
         with urllib.request.urlopen(f"{root}/v1/models", timeout=10) as response:
@@ -255,6 +259,7 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(second))
         wait_for("the upgraded operator to act", lambda: failed("chart-refused-2"), 120, diagnose)
     finally:
+        watches.close()
         uninstall_release(cluster, release)
         kube.request(cluster.api_client(), "DELETE", f"/api/v1/namespaces/{other}")
 

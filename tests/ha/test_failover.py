@@ -18,8 +18,7 @@ import json
 import os
 import signal
 import textwrap
-import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 from kubernetes import client
 from polling import wait_for
 from statedir import state_dir
+from watching import StatusRecorder
 
 from glmops import kube
 from glmops.leader import holder_pod
@@ -81,39 +81,6 @@ def ftj(name: str) -> dict[str, Any]:
     }
 
 
-class Recorder:
-    """Every phase each FineTuneJob of a namespace shows, in order, from a watch."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.api, self.namespace = api, namespace
-        self.phases: dict[str, list[str]] = defaultdict(list)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        version = ""
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/finetunejobs"
-        while not self._stop.is_set():
-            query = [("watch", "1"), ("timeoutSeconds", "5")] + ([("resourceVersion", version)] if version else [])
-            serialized = self.api.param_serialize("GET", path, query_params=query, auth_settings=["BearerToken"])
-            response = self.api.call_api(*serialized).response
-            for line in response:
-                event = json.loads(line)
-                body = event["object"]
-                version = body["metadata"].get("resourceVersion", version)
-                phase = (body.get("status") or {}).get("phase")
-                seen = self.phases[body["metadata"]["name"]]
-                if phase and (not seen or seen[-1] != phase):
-                    seen.append(phase)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-
 def holder_identity(cluster: Any) -> str:
     """The operator process that holds the Lease (pod name and a per-process suffix)."""
     with cluster.api_client() as api:
@@ -145,9 +112,7 @@ def test_killing_the_active_operator_mid_burst_loses_no_job_and_handles_none_twi
 
 
 def check_failover(cluster: Any, namespace: str, core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
-    recorder = Recorder(cluster.api_client(), namespace)
-    recorder.start()
-    try:
+    with StatusRecorder(cluster.api_client(), namespace, "finetunejobs") as recorder:
         first = wait_for_leader(cluster)
 
         def pods() -> list[dict[str, Any]]:
@@ -196,13 +161,11 @@ def check_failover(cluster: Any, namespace: str, core: client.CoreV1Api, custom:
             return len(items) == JOBS and all(p in ("Succeeded", "Failed", "Cancelled") for p in phases)
 
         wait_for(f"all {JOBS} jobs to end", all_ended, 600, diagnose)
-    finally:
-        recorder.stop()
 
     # None lost: every job succeeded, through the usual phases, never going back.
     items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs")["items"]
     assert sorted((j["metadata"]["name"], j["status"]["phase"]) for j in items) == [(f"ha-{i:02d}", "Succeeded") for i in range(JOBS)]
-    order = ["Pending", "Training", "Exporting", "Succeeded"]
+    order = ["", "Pending", "Training", "Exporting", "Succeeded"]  # "": created, no status yet
     for name, phases in recorder.phases.items():
         assert phases == sorted(set(phases), key=order.index), f"{name}: {phases}"
         assert phases[-1] == "Succeeded"
