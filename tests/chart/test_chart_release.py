@@ -23,7 +23,7 @@ import pytest
 from argocd import health, keep_captured
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from polling import wait_for
+from polling import wait_for, wait_until_served
 from watching import StatusRecorder
 
 from glmops import kube
@@ -210,6 +210,7 @@ def test_release_runs_the_operator_that_trains_exports_and_serves_then_upgrades_
         served = mdep_watch.of("chart-e2e")[1]
         endpoint = served["Ready"]["status"]["endpoint"]
         root = endpoint.removesuffix("/v1")
+        wait_until_served(endpoint, 60, diagnose)
         with urllib.request.urlopen(f"{root}/v1/models", timeout=10) as response:
             assert "chart-e2e" in response.read().decode()
         mdep_final = k.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", "chart-e2e")

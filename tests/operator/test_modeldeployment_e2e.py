@@ -25,7 +25,7 @@ from modeldeployment_support import (
     set_job_status,
     sha256_of,
 )
-from polling import wait_for
+from polling import wait_for, wait_until_served
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 KEY = "e2e-key-123"
@@ -50,6 +50,7 @@ def deployed(cluster: Any, glmops_operator: Any, service_network: None, namespac
     wait_for("two ready replicas", lambda: (mdep(cluster, namespace, "tiny").get("status") or {}).get("ready") == "2/2", 300, glmops_operator.log_tail)
     status = mdep(cluster, namespace, "tiny")["status"]
     assert status["endpoint"] == f"http://tiny.{namespace}.svc:8000/v1"
+    wait_until_served(status["endpoint"], 60, glmops_operator.log_tail)
     # the endpoint from status, as clients use it: the name resolves on the host, kube-proxy forwards
     yield namespace, status["endpoint"]
 

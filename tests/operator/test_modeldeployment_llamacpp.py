@@ -30,7 +30,7 @@ from modeldeployment_support import (
     set_job_status,
     sha256_of,
 )
-from polling import wait_for
+from polling import wait_for, wait_until_served
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 KEY = "tiny-key-123"
@@ -88,6 +88,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     base_url = current["endpoint"]
     assert base_url == f"http://tiny.{namespace}.svc:8000/v1"
     root = base_url.removesuffix("/v1")
+    wait_until_served(base_url, 60, diagnose)
 
     code, models = _get(root, "/v1/models")
     assert code == 200 and [m["id"] for m in json.loads(models)["data"]] == ["tiny"]
@@ -131,8 +132,13 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
     wait_for("the rollback to finish", lambda: status().get("phase") == "Ready", 240, diagnose)
     assert condition(mdep(cluster, namespace, "tiny"), "Degraded")["status"] == "False"
     apps = client.AppsV1Api(cluster.api_client())
-    sets = {rs.metadata.name: rs.status.replicas or 0 for rs in apps.list_namespaced_replica_set(namespace).items}
-    assert len(sets) == 2 and sorted(sets.values()) == [0, 1]
+
+    def replica_sets() -> dict[str, int]:
+        return {rs.metadata.name: rs.status.replicas or 0 for rs in apps.list_namespaced_replica_set(namespace).items}
+
+    # the failed version's ReplicaSet is scaled to zero; its pod may take a moment to go
+    wait_for("one ReplicaSet serving, the other at zero", lambda: sorted(replica_sets().values()) == [0, 1], 60, lambda: str(replica_sets()))
+    assert len(replica_sets()) == 2
 
     # Recreate: the old pod stops, then the new artifact serves.
     patch_mdep(cluster, namespace, "tiny", {"strategy": "Recreate", "source": {"fineTuneJob": "tiny-b"}})
@@ -142,6 +148,7 @@ def test_llama_server_serves_the_gguf_and_status_follows_the_rollout(
         240,
         diagnose,
     )
+    wait_until_served(base_url, 60, diagnose)
     assert _get(root, "/v1/models")[0] == 200
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from modeldeployment_support import FTJ, GROUP, VERSION, create_mdep, custom, mdep, sha256_of
-from polling import wait_for
+from polling import wait_for, wait_until_served
 from statedir import state_dir, tiny_flash_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,6 +121,7 @@ def test_a_trained_job_is_served_with_reasoning_tool_calls_and_the_messages_api(
     assert sha256_of(Path(gguf["uri"].removeprefix("file://"))) == gguf["sha256"]
     base_url = status["endpoint"]
     assert base_url == f"http://coder.{namespace}.svc:8000/v1"
+    wait_until_served(base_url, 60, diagnose)
     chat = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120).chat.completions
 
     # The memorised answer, its reasoning returned apart (--jinja --reasoning-format deepseek).

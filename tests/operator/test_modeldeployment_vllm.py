@@ -38,7 +38,7 @@ from modeldeployment_support import (
     mdep,
     set_job_status,
 )
-from polling import wait_for
+from polling import wait_for, wait_until_served
 from tinyserve import (  # tests/serving, on the path through this folder's conftest
     ANSWER,
     QUESTION,
@@ -168,6 +168,7 @@ def test_a_merged_model_served_by_vllm_through_the_operator_answers_every_client
 
     status = wait_for("the vLLM replica to be Ready", ready, READY_TIMEOUT_S, diagnose, 5)
     assert status["endpoint"] == f"http://{NAME}.{namespace}.svc:8000/v1"
+    wait_until_served(status["endpoint"], 60, diagnose)
     assert status["servedArtifact"]["uri"] == f"{destination}/merged"
     # sized from the recorded checkpoint (one GPU), and MTP on from the recorded MTP layer
     assert status["plan"]["gpusPerReplica"] == 1 and status["plan"]["speculativeDecoding"] == "mtp"
