@@ -7,7 +7,6 @@ random. A watch started from a list's resourceVersion sees every change the apis
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import defaultdict
 from typing import Any, Self
@@ -15,6 +14,8 @@ from typing import Any, Self
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from glmops_dev.rawapi import WatchExpired, read_json, watch_events
 
 GROUP, VERSION = "glmops.io", "v1alpha1"
 
@@ -44,7 +45,7 @@ class StatusRecorder:
 
     def _list(self) -> None:
         """The objects as they are now, and the version to watch from."""
-        listed = json.loads(self._request([]).read())
+        listed = read_json(self._request([]))
         for body in listed["items"]:
             self._record(body)
         self._version = listed["metadata"]["resourceVersion"]
@@ -62,16 +63,18 @@ class StatusRecorder:
         while not self._stop.is_set():
             try:
                 query = [("watch", "1"), ("timeoutSeconds", "5"), ("resourceVersion", self._version)]
-                for line in self._request(query):
-                    event = json.loads(line)
-                    if event["type"] == "ERROR":  # the version is gone (410): start over from a list
-                        self.errors.append(str(event["object"].get("message")))
-                        self._list()
-                        break
-                    self._record(event["object"])
-                    self._version = event["object"]["metadata"]["resourceVersion"]
-            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                # a dropped connection or a cut line: watch again from the last version
+                response = self._request(query)
+                try:
+                    for _kind, obj in watch_events(response, self.plural):
+                        self._record(obj)
+                        self._version = obj["metadata"]["resourceVersion"]
+                finally:
+                    response.release_conn()
+            except WatchExpired as exc:  # the version is gone (410): start over from a list
+                self.errors.append(str(exc))
+                self._list()
+            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, RuntimeError) as exc:
+                # a dropped connection or a failed watch: watch again from the last version
                 if not self._stop.is_set():
                     self.errors.append(repr(exc))
                     self._stop.wait(0.5)
